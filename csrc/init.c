@@ -1,0 +1,178 @@
+/*
+ * init.c - nsbox-init, pid 1 of every sandbox (a static executable).
+ *
+ *   nsbox-init REPORT_FD PARENT_PIDFD FLAGS FAIL_STAGE FAIL_ERRNO -- CMD [ARGS...]
+ *
+ * Starts the command with vfork+execvpe (PATH searched inside the sandbox),
+ * reports STARTED or the exec error on the report pipe, forwards the usual
+ * termination and job signals to it, reaps every orphan, and when the command
+ * ends reports its wait status as an EXITED record and exits. A pid 1 cannot
+ * die of its own signals, so the record is how a signal death reaches the
+ * caller intact. If the caller's process dies, the sandbox dies with it.
+ */
+#define _GNU_SOURCE
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+
+#include "nsbox.h"
+#include "sys.h"
+
+#define INIT_PID1 1 /* we are pid 1 of a new pid namespace */
+
+extern char **environ;
+
+static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,   SIGQUIT,
+                                SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
+
+static int report_fd = -1;
+
+static long parse_int(const char *s)
+{
+    long v = 0;
+    int neg = 0;
+    if (*s == '-') {
+        neg = 1;
+        s++;
+    }
+    while (*s >= '0' && *s <= '9')
+        v = v * 10 + (*s++ - '0');
+    return neg ? -v : v;
+}
+
+static void report(int kind, int stage, int err, int value)
+{
+    struct nsbox_report r;
+    r.magic = NSBOX_REPORT_MAGIC;
+    r.kind = kind;
+    r.stage = stage;
+    r.err = err;
+    r.index = 0;
+    r.value = value;
+    (void)write_all(report_fd, &r, sizeof r);
+}
+
+static __attribute__((noreturn)) void fail(int stage, int err)
+{
+    report(NSBOX_REPORT_ERROR, stage, err, 0);
+    _exit(NSBOX_EXIT_SETUP);
+}
+
+/* Exit as init: the code a shell would show for the command's status. */
+static __attribute__((noreturn)) void exit_like(int status)
+{
+    if (WIFSIGNALED(status))
+        _exit(128 + WTERMSIG(status));
+    _exit(WEXITSTATUS(status));
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 8 || strcmp(argv[6], "--") != 0)
+        return NSBOX_EXIT_SETUP;
+    report_fd = (int)parse_int(argv[1]);
+    int parent = (int)parse_int(argv[2]);
+    long flags = parse_int(argv[3]);
+    int fail_stage = (int)parse_int(argv[4]);
+    int fail_errno = (int)parse_int(argv[5]);
+    char **cmd = argv + 7;
+
+    /* All signals arrive blocked from the setup child: nothing is lost
+     * between exec and the signalfd. */
+    sigset_t set, none;
+    sigemptyset(&set);
+    sigemptyset(&none);
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
+        sigaddset(&set, forwarded[i]);
+    sigaddset(&set, SIGCHLD);
+    if (fail_stage == NSBOX_STAGE_INIT)
+        fail(NSBOX_STAGE_INIT, fail_errno);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    if (sfd < 0)
+        fail(NSBOX_STAGE_INIT, errno);
+    if (fcntl(report_fd, F_SETFD, FD_CLOEXEC) < 0)
+        fail(NSBOX_STAGE_INIT, errno);
+    if (parent >= 0) {
+        if (fcntl(parent, F_SETFD, FD_CLOEXEC) < 0)
+            fail(NSBOX_STAGE_INIT, errno);
+        /* The pidfd watches the caller's whole process from now on; the
+         * death signal would fire when the calling *thread* ends. */
+        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
+        struct pollfd p = {.fd = parent, .events = POLLIN};
+        if (poll(&p, 1, 0) > 0)
+            _exit(128 + SIGKILL);
+    }
+    if (!(flags & INIT_PID1))
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
+    volatile int exec_errno = 0;
+    pid_t pid;
+    if (fail_stage == NSBOX_STAGE_EXEC) {
+        exec_errno = fail_errno;
+        pid = -1;
+    } else {
+        pid = vfork();
+        if (pid == 0) {
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            execvpe(cmd[0], cmd, environ);
+            exec_errno = errno ? errno : ENOEXEC;
+            _exit(127);
+        }
+        if (pid < 0)
+            fail(NSBOX_STAGE_INIT, errno);
+    }
+    if (exec_errno) {
+        if (pid > 0)
+            waitpid(pid, NULL, 0);
+        report(NSBOX_REPORT_ERROR, NSBOX_STAGE_EXEC, exec_errno, 0);
+        _exit(exec_errno == ENOENT ? 127 : 126);
+    }
+    report(NSBOX_REPORT_STARTED, 0, 0, pid);
+    /* init never reads or writes the command's stdio: don't hold pipes open. */
+    close(0);
+    close(1);
+    close(2);
+
+    struct pollfd fds[2] = {{.fd = sfd, .events = POLLIN}, {.fd = parent, .events = POLLIN}};
+    nfds_t nfds = parent >= 0 ? 2 : 1;
+    for (;;) {
+        if (poll(fds, nfds, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (nfds == 2 && fds[1].revents) {
+            /* The caller is gone. As pid 1, our exit kills the namespace. */
+            if (!(flags & INIT_PID1))
+                kill(pid, SIGKILL);
+            _exit(128 + SIGKILL);
+        }
+        if (!fds[0].revents)
+            continue;
+        struct signalfd_siginfo si;
+        ssize_t n = read(sfd, &si, sizeof si);
+        if (n != (ssize_t)sizeof si)
+            continue;
+        if ((int)si.ssi_signo != SIGCHLD) {
+            kill(pid, (int)si.ssi_signo);
+            continue;
+        }
+        for (;;) {
+            int status;
+            pid_t w = waitpid(-1, &status, WNOHANG);
+            if (w <= 0)
+                break;
+            if (w == pid) {
+                report(NSBOX_REPORT_EXITED, 0, 0, status);
+                exit_like(status);
+            }
+        }
+    }
+    /* poll failed: kill the command rather than leave it unsupervised. */
+    kill(pid, SIGKILL);
+    return 128 + SIGKILL;
+}

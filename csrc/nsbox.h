@@ -1,0 +1,128 @@
+/*
+ * nsbox.h - the C API of nsbox's native core.
+ *
+ * The region between NSBOX_CDEF_BEGIN and NSBOX_CDEF_END is fed verbatim to
+ * cffi's cdef() by build_ffi.py: it is the one source of truth for stages,
+ * report records and the spec layout, shared by spawn.c, child.c, init.c and
+ * Python. Keep it to what cffi can parse: plain integer #defines, enums with
+ * explicit values, structs of fixed-size fields, prototypes.
+ */
+#ifndef NSBOX_H
+#define NSBOX_H
+
+#include <stdint.h>
+
+/* NSBOX_CDEF_BEGIN */
+#define NSBOX_ABI_VERSION 1
+#define NSBOX_REPORT_MAGIC 1313096241
+
+/* Setup stages, in the order the child runs them. A failure record names one. */
+enum nsbox_stage {
+    NSBOX_STAGE_NONE = 0,
+    NSBOX_STAGE_CLONE = 1,        /* parent: clone3/clone */
+    NSBOX_STAGE_PARENT_DEATH = 2, /* child: PR_SET_PDEATHSIG and the parent check */
+    NSBOX_STAGE_SETGROUPS = 3,    /* child: /proc/self/setgroups */
+    NSBOX_STAGE_UID_MAP = 4,      /* child: /proc/self/uid_map */
+    NSBOX_STAGE_GID_MAP = 5,      /* child: /proc/self/gid_map */
+    NSBOX_STAGE_MOUNT_PRIVATE = 6,/* child: make / private */
+    NSBOX_STAGE_ROOT = 7,         /* child: clone the root tree, read-only */
+    NSBOX_STAGE_MOUNT = 8,        /* child: mount op [index] */
+    NSBOX_STAGE_PIVOT_ROOT = 9,   /* child: pivot_root and detach the old root */
+    NSBOX_STAGE_HOSTNAME = 10,    /* child: sethostname */
+    NSBOX_STAGE_LOOPBACK = 11,    /* child: bring lo up */
+    NSBOX_STAGE_SETID = 12,       /* child: setgroups/setresgid/setresuid (no userns) */
+    NSBOX_STAGE_FDS = 13,         /* child: stdio and fds to keep */
+    NSBOX_STAGE_CHDIR = 14,       /* child: working directory */
+    NSBOX_STAGE_EXEC_INIT = 15,   /* child: execveat of nsbox-init */
+    NSBOX_STAGE_INIT = 16,        /* init: its own setup (signalfd, vfork) */
+    NSBOX_STAGE_EXEC = 17,        /* init: execve of the command */
+    NSBOX_STAGE_COUNT = 18
+};
+
+enum nsbox_report_kind {
+    NSBOX_REPORT_ERROR = 1,   /* stage, err, index: setup failed, nothing runs */
+    NSBOX_REPORT_STARTED = 2, /* value: the command's pid inside the sandbox */
+    NSBOX_REPORT_EXITED = 3   /* value: the command's wait status */
+};
+
+/* One fixed-size record, written with a single write(2). */
+struct nsbox_report {
+    uint32_t magic;
+    int32_t kind;
+    int32_t stage;
+    int32_t err;
+    int32_t index;
+    int32_t value;
+};
+
+#define NSBOX_NS_USER 1
+#define NSBOX_NS_MOUNT 2
+#define NSBOX_NS_PID 4
+#define NSBOX_NS_UTS 8
+#define NSBOX_NS_IPC 16
+#define NSBOX_NS_NET 32
+#define NSBOX_NS_CGROUP 64
+
+enum nsbox_mount_kind {
+    NSBOX_MNT_BIND = 1,  /* src (host path) -> dst */
+    NSBOX_MNT_TMPFS = 2, /* fresh tmpfs at dst: size, mode */
+    NSBOX_MNT_PROC = 3,  /* fresh proc at dst */
+    NSBOX_MNT_DEV = 4    /* minimal /dev at dst */
+};
+
+#define NSBOX_MF_READONLY 1   /* recursively read-only */
+#define NSBOX_MF_IN_SCRATCH 2 /* dst lies in a tmpfs nsbox made: mkdir missing parts there */
+
+struct nsbox_mount {
+    int32_t kind;
+    uint32_t flags;
+    const char *src;  /* absolute host path (bind) */
+    const char *dst;  /* path inside the new root, no leading slash */
+    const char *size; /* tmpfs size in bytes, decimal, or NULL */
+    const char *mode; /* tmpfs mode, octal, or NULL */
+};
+
+#define NSBOX_CWD_REQUIRED 1  /* fail if cwd is missing, else fall back to / */
+
+struct nsbox_spec {
+    uint32_t abi_version;
+    uint32_t namespaces;           /* NSBOX_NS_* */
+    char *const *init_argv;        /* argv for nsbox-init (it carries the command) */
+    char *const *envp;             /* the command's environment */
+    int32_t init_fd;               /* O_PATH fd of the nsbox-init executable */
+    int32_t report_fd;             /* write end of the report pipe */
+    int32_t parent_pidfd;          /* pidfd of the caller's process, or -1 */
+    int32_t stdio[3];              /* fds for 0, 1, 2; -1 keeps the caller's */
+    const int32_t *keep_fds;       /* fds the command receives as they are */
+    uint32_t n_keep_fds;
+    const char *root;              /* tree to clone as /, or NULL: no filesystem setup */
+    uint32_t root_flags;           /* NSBOX_MF_READONLY */
+    const struct nsbox_mount *mounts;
+    uint32_t n_mounts;
+    const char *uid_map;           /* written to /proc/self/uid_map (userns) */
+    const char *gid_map;
+    int32_t setid_uid;             /* without userns: setresuid to this, or -1 */
+    int32_t setid_gid;
+    const char *hostname;          /* or NULL */
+    const char *cwd;               /* or NULL: / */
+    uint32_t cwd_flags;            /* NSBOX_CWD_* */
+    int32_t debug_fail_stage;      /* tests: make this stage fail ... */
+    int32_t debug_fail_errno;      /* ... with this errno */
+};
+
+struct nsbox_child {
+    int32_t pid;
+    int32_t pidfd;
+    int32_t stage;  /* on failure: the stage that failed (NSBOX_STAGE_CLONE) */
+    int32_t err;    /* on failure: errno */
+};
+
+/* Start a sandbox. 0 and *out filled on success; -1 with out->stage/err on failure. */
+int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out);
+/* NSBOX_CDEF_END */
+
+/* Exit status of a setup child that reported a failure record. */
+#define NSBOX_EXIT_SETUP 125
+
+/* Raw syscalls that glibc 2.36 lacks wrappers for (or wraps inconsistently). */
+#endif

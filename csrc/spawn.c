@@ -1,0 +1,138 @@
+/*
+ * spawn.c - the parent side: clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD|ns) onto
+ * a private stack, so the cost of starting a sandbox does not grow with the
+ * caller's memory, and hand back pid and pidfd. Falls back to clone(2) where
+ * clone3 is missing (or on architectures without our trampoline).
+ */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "nsbox.h"
+#include "sys.h"
+#include "child.h"
+
+#define CHILD_STACK_SIZE (256 * 1024)
+
+struct clone3_args {
+    uint64_t flags;
+    uint64_t pidfd;
+    uint64_t child_tid;
+    uint64_t parent_tid;
+    uint64_t exit_signal;
+    uint64_t stack;
+    uint64_t stack_size;
+    uint64_t tls;
+};
+
+#if defined(__x86_64__)
+/*
+ * clone3 with a new stack cannot return through a C function in the child:
+ * the child starts on an empty stack. Call fn there and exit with its result.
+ * Returns the child's pid or -errno in the parent.
+ */
+static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg)
+{
+    long ret;
+    register void *r12 __asm__("r12") = (void *)fn;
+    register void *r13 __asm__("r13") = arg;
+    __asm__ __volatile__("syscall\n\t"
+                         "testq %%rax, %%rax\n\t"
+                         "jnz 1f\n\t"
+                         "xorl %%ebp, %%ebp\n\t"
+                         "movq %%r13, %%rdi\n\t"
+                         "callq *%%r12\n\t"
+                         "movl %%eax, %%edi\n\t"
+                         "movl $60, %%eax\n\t"
+                         "syscall\n\t"
+                         "hlt\n"
+                         "1:\n\t"
+                         : "=a"(ret)
+                         : "0"((long)SYS_clone3), "D"(args), "S"(sizeof(*args)), "r"(r12), "r"(r13)
+                         : "rcx", "r11", "memory", "cc");
+    return ret;
+}
+#else
+static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg)
+{
+    (void)args;
+    (void)fn;
+    (void)arg;
+    return -ENOSYS;
+}
+#endif
+
+static unsigned long clone_flags(uint32_t ns)
+{
+    unsigned long f = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
+    if (ns & NSBOX_NS_USER)
+        f |= CLONE_NEWUSER;
+    if (ns & NSBOX_NS_MOUNT)
+        f |= CLONE_NEWNS;
+    if (ns & NSBOX_NS_PID)
+        f |= CLONE_NEWPID;
+    if (ns & NSBOX_NS_UTS)
+        f |= CLONE_NEWUTS;
+    if (ns & NSBOX_NS_IPC)
+        f |= CLONE_NEWIPC;
+    if (ns & NSBOX_NS_NET)
+        f |= CLONE_NEWNET;
+    if (ns & NSBOX_NS_CGROUP)
+        f |= CLONE_NEWCGROUP;
+    return f;
+}
+
+int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
+{
+    out->pid = -1;
+    out->pidfd = -1;
+    out->stage = NSBOX_STAGE_CLONE;
+    out->err = 0;
+    if (spec->abi_version != NSBOX_ABI_VERSION) {
+        out->err = EINVAL;
+        return -1;
+    }
+    if (spec->debug_fail_stage == NSBOX_STAGE_CLONE) {
+        out->err = spec->debug_fail_errno;
+        return -1;
+    }
+    char *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+    if (stack == MAP_FAILED) {
+        out->err = errno;
+        return -1;
+    }
+    /* No signal handler of the caller may run on the child's side. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+
+    unsigned long flags = clone_flags(spec->namespaces);
+    int pidfd = -1;
+    struct clone3_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = flags;
+    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
+    ca.exit_signal = SIGCHLD;
+    ca.stack = (uint64_t)(uintptr_t)stack;
+    ca.stack_size = CHILD_STACK_SIZE;
+    long pid = clone3_call(&ca, nsbox_child_main, (void *)spec);
+    int err = pid < 0 ? (int)-pid : 0;
+    if (err == ENOSYS) {
+        pid = clone(nsbox_child_main, stack + CHILD_STACK_SIZE, (int)(flags | SIGCHLD),
+                    (void *)spec, &pidfd);
+        err = pid < 0 ? errno : 0;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    munmap(stack, CHILD_STACK_SIZE);
+    if (pid < 0) {
+        out->err = err;
+        return -1;
+    }
+    out->pid = (int32_t)pid;
+    out->pidfd = pidfd;
+    out->stage = NSBOX_STAGE_NONE;
+    return 0;
+}

@@ -1,0 +1,142 @@
+"""Spec -> the ordered setup the child performs (pure).
+
+This is the one place where ordering lives: which mounts exist, in which
+order, and which targets may be created directly (inside a tmpfs of ours)
+rather than through a mirror of their parent directory. The caller's identity,
+working directory and environment are inputs, so the function stays pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ._spec import Bind, Spec, Tmpfs
+
+__all__ = ["Plan", "PlanMount", "make_plan", "NS_BITS", "MNT_BIND", "MNT_TMPFS", "MNT_PROC",
+           "MNT_DEV", "MF_READONLY", "MF_IN_SCRATCH"]
+
+# Values as in csrc/nsbox.h (a native test checks them against the module).
+NS_BITS = {"user": 1, "mount": 2, "pid": 4, "uts": 8, "ipc": 16, "net": 32, "cgroup": 64}
+MNT_BIND, MNT_TMPFS, MNT_PROC, MNT_DEV = 1, 2, 3, 4
+MF_READONLY, MF_IN_SCRATCH = 1, 2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlanMount:
+    kind: int
+    dst: str  # absolute, inside the sandbox
+    src: str | None = None
+    flags: int = 0
+    size: int | None = None
+    mode: int | None = None
+    origin: object = None  # the spec element (Bind/Tmpfs) or a description of a default
+
+    def describe(self) -> str:
+        if isinstance(self.origin, (Bind, Tmpfs)):
+            return self.origin.describe()
+        return str(self.origin)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    namespaces: frozenset[str]
+    ns_bits: int
+    root: str | None  # None: no filesystem setup
+    root_readonly: bool
+    mounts: tuple[PlanMount, ...]
+    uid_map: str | None
+    gid_map: str | None
+    setid_uid: int
+    setid_gid: int
+    hostname: str | None
+    cwd: str | None
+    cwd_required: bool
+    pass_fds: tuple[int, ...]
+
+
+def _is_under(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.count("/")
+
+
+def _mounts(spec: Spec) -> tuple[PlanMount, ...]:
+    user: list[PlanMount] = []
+    for m in spec.mounts:
+        if isinstance(m, Bind):
+            user.append(PlanMount(MNT_BIND, m.dst, src=m.src,
+                                  flags=MF_READONLY if m.readonly else 0, origin=m))
+        else:
+            user.append(PlanMount(MNT_TMPFS, m.dst, size=m.size, mode=m.mode, origin=m))
+    taken = {m.dst for m in user}
+    defaults = [PlanMount(MNT_DEV, "/dev", origin="minimal /dev")]
+    if "pid" in spec.namespaces:
+        defaults.append(PlanMount(MNT_PROC, "/proc", origin="proc /proc"))
+    defaults.append(PlanMount(MNT_TMPFS, "/tmp", mode=0o1777, origin="tmpfs /tmp"))
+    # A user mount at a default's target replaces the default.
+    ordered = [d for d in defaults if d.dst not in taken]
+    # Parents before children, as docker does; stable for equal depths.
+    ordered += sorted(user, key=lambda m: _depth(m.dst))
+    out: list[PlanMount] = []
+    for m in ordered:
+        # Which mount will hold the target? The latest earlier one above it.
+        holder = None
+        for prev in out:
+            if _is_under(m.dst, prev.dst):
+                holder = prev
+        in_scratch = holder is not None and holder.kind in (MNT_TMPFS, MNT_DEV)
+        if in_scratch:
+            m = dataclasses.replace(m, flags=m.flags | MF_IN_SCRATCH)
+        out.append(m)
+    return tuple(out)
+
+
+def make_plan(
+    spec: Spec,
+    *,
+    caller_uid: int,
+    caller_gid: int,
+    caller_cwd: str | None,
+    environ: dict[str, str],
+) -> Plan:
+    ns = spec.namespaces
+    userns = "user" in ns
+    inner_uid = 0 if spec.uid is None else spec.uid
+    inner_gid = 0 if spec.gid is None else spec.gid
+    if userns:
+        uid_map, gid_map = f"{inner_uid} {caller_uid} 1\n", f"{inner_gid} {caller_gid} 1\n"
+        setid_uid = setid_gid = -1
+    else:
+        uid_map = gid_map = None
+        setid_uid = -1 if spec.uid is None else spec.uid
+        setid_gid = -1 if spec.gid is None else spec.gid
+    filesystem = "mount" in ns
+    if spec.cwd is not None:
+        cwd, required = spec.cwd, True
+    elif filesystem:
+        cwd, required = caller_cwd, False
+    else:
+        cwd, required = None, False
+    env = spec.env if spec.env is not None else tuple(environ.items())
+    return Plan(
+        argv=spec.args,
+        env=env,
+        namespaces=ns,
+        ns_bits=sum(NS_BITS[n] for n in ns),
+        root=(spec.rootfs or "/") if filesystem else None,
+        root_readonly=True,
+        mounts=_mounts(spec) if filesystem else (),
+        uid_map=uid_map,
+        gid_map=gid_map,
+        setid_uid=setid_uid,
+        setid_gid=setid_gid,
+        hostname=spec.hostname,
+        cwd=cwd,
+        cwd_required=required,
+        pass_fds=spec.pass_fds,
+    )
+

@@ -1,0 +1,512 @@
+"""The Sandbox handle and nsbox.run: a subprocess-like, synchronous API.
+
+A Sandbox owns three kernel objects: the pidfd of the sandbox's init (pid 1),
+the read end of its report pipe, and the parent ends of any stdio pipes. All
+of them are released, and init is killed and reaped, on every path.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+import warnings
+from typing import Any
+
+from . import _errors, _native, _plan, _protocol
+from ._spec import Spec, make_spec
+
+__all__ = ["Sandbox", "Result", "run", "PIPE", "DEVNULL", "STDOUT"]
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+
+_PIPE_BUF = 65536
+
+
+class Result(subprocess.CompletedProcess):
+    """What nsbox.run returns: a subprocess.CompletedProcess with the sandbox's pid."""
+
+    def __init__(self, args, returncode, stdout=None, stderr=None, pid=None):
+        super().__init__(args, returncode, stdout, stderr)
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        parts = [f"args={self.args!r}", f"returncode={self.returncode!r}", f"pid={self.pid!r}"]
+        if self.stdout is not None:
+            parts.append(f"stdout={self.stdout!r}")
+        if self.stderr is not None:
+            parts.append(f"stderr={self.stderr!r}")
+        return f"Result({', '.join(parts)})"
+
+
+def caller_context() -> dict:
+    """The caller's identity, working directory and environment, for make_plan."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    return {
+        "caller_uid": os.geteuid(),
+        "caller_gid": os.getegid(),
+        "caller_cwd": cwd,
+        "environ": os.environ,
+    }
+
+
+def _status_to_returncode(status: int) -> int:
+    return os.waitstatus_to_exitcode(status)
+
+
+class Sandbox:
+    """A running sandbox, like subprocess.Popen.
+
+    `Sandbox(args_or_spec, stdin=..., stdout=..., stderr=..., text=..., **options)`
+    returns once the command runs; setup failures raise here. `pid` is the
+    host pid of the sandbox's init (its pid 1), `pidfd` a pidfd for it.
+    """
+
+    def __init__(
+        self,
+        args: Any,
+        *,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        bufsize: int = -1,
+        _debug_fail: tuple[str, int] | None = None,
+        **options: Any,
+    ):
+        self.returncode: int | None = None
+        self.pid: int | None = None
+        self._pidfd = -1
+        self._report_fd = -1
+        self._lock = threading.Lock()
+        self._closed_streams = False
+        self.stdin = self.stdout = self.stderr = None
+        self._outputs: dict[Any, list[bytes]] = {}
+        self._input_offset = 0
+        self._input: bytes | None = None
+
+        spec = make_spec(args, **options)
+        self.spec = spec
+        self.args = args.args if isinstance(args, Spec) else args
+        if universal_newlines is not None:
+            if text is not None and bool(text) != bool(universal_newlines):
+                raise ValueError("text and universal_newlines must agree")
+            text = universal_newlines
+        self.text_mode = bool(text or encoding or errors)
+        self.encoding = encoding
+        self.errors = errors
+        debug = None
+        if _debug_fail is not None:
+            stage, err = _debug_fail
+            debug = (_errors.STAGE_NUMBERS[stage], err)
+
+        plan = _plan.make_plan(spec, **caller_context())
+        child_fds: list[int] = []  # our copies of the child's ends, closed after spawn
+        parent_fds: list[int] = []  # our ends, closed on failure
+        try:
+            stdio, parents = self._stdio(stdin, stdout, stderr, child_fds, parent_fds)
+            rfd, wfd = os.pipe2(os.O_CLOEXEC)
+            parent_fds.append(rfd)
+            child_fds.append(wfd)
+            self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
+                                                  debug_fail=debug)
+        except BaseException:
+            for fd in child_fds + parent_fds:
+                os.close(fd)
+            raise
+        for fd in child_fds:
+            os.close(fd)
+        self._report_fd = rfd
+        self._decoder = _protocol.Decoder()
+        self._records: list[_protocol.Record] = []
+        try:
+            self._wait_started(plan)
+        except BaseException:
+            for fd in parents:
+                if fd >= 0:
+                    os.close(fd)
+            self._kill_and_reap()
+            raise
+        self._open_streams(parents, bufsize)
+
+    # -- start-up --------------------------------------------------------------
+
+    def _stdio(self, stdin, stdout, stderr, child_fds, parent_fds):
+        """Child fds for 0-2 (-1 inherits) and our ends (-1 when none)."""
+        stdio = [-1, -1, -1]
+        parents = [-1, -1, -1]
+        for i, spec in enumerate((stdin, stdout, stderr)):
+            if spec is None:
+                continue
+            if spec == PIPE:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                mine, theirs = (w, r) if i == 0 else (r, w)
+                parent_fds.append(mine)
+                child_fds.append(theirs)
+                parents[i], stdio[i] = mine, theirs
+            elif spec == DEVNULL:
+                fd = os.open(os.devnull, (os.O_RDONLY if i == 0 else os.O_WRONLY) | os.O_CLOEXEC)
+                child_fds.append(fd)
+                stdio[i] = fd
+            elif spec == STDOUT:
+                if i != 2:
+                    raise ValueError("STDOUT is only valid for stderr")
+                stdio[2] = stdio[1] if stdio[1] >= 0 else 1
+            elif isinstance(spec, int):
+                if spec < 0:
+                    raise ValueError(f"invalid file descriptor {spec}")
+                stdio[i] = spec
+            elif hasattr(spec, "fileno"):
+                stdio[i] = spec.fileno()
+            else:
+                raise TypeError(f"invalid stdio value: {spec!r}")
+        return tuple(stdio), parents
+
+    def _read_record(self, block: bool) -> _protocol.Record | None:
+        """The next record from the report pipe, or None at EOF (or nothing yet)."""
+        if self._records:
+            return self._records.pop(0)
+        while True:
+            if not block:
+                os.set_blocking(self._report_fd, False)
+            try:
+                data = os.read(self._report_fd, _protocol.RECORD_SIZE * 4)
+            except BlockingIOError:
+                return None
+            finally:
+                if not block:
+                    os.set_blocking(self._report_fd, True)
+            if not data:
+                return None
+            self._records.extend(self._decoder.feed(data))
+            if self._records:
+                return self._records.pop(0)
+
+    def _wait_started(self, plan: _plan.Plan) -> None:
+        try:
+            rec = self._read_record(block=True)
+        except _protocol.ProtocolError as exc:
+            raise _errors.NsboxInternalError(f"nsbox: bad report from the sandbox: {exc}") from None
+        if rec is not None and rec.kind == _protocol.STARTED:
+            self.command_pid = rec.value
+            return
+        if rec is not None and rec.kind == _protocol.ERROR:
+            op = None
+            if rec.stage == _errors.STAGE_NUMBERS["mount"] and 0 <= rec.index < len(plan.mounts):
+                op = plan.mounts[rec.index]
+            elif rec.stage == _errors.STAGE_NUMBERS["chdir"]:
+                op = f"cwd {plan.cwd}"
+            elif rec.stage == _errors.STAGE_NUMBERS["hostname"]:
+                op = f"hostname {plan.hostname}"
+            elif rec.stage == _errors.STAGE_NUMBERS["root"]:
+                op = f"root {plan.root}"
+            elif rec.stage == _errors.STAGE_NUMBERS["fds"]:
+                op = "stdio and pass_fds"
+            raise _errors.setup_error(rec.stage, rec.err, op, command=plan.argv[0])
+        # EOF without a record: the child died before it could say anything.
+        info = self._reap(block=True)
+        raise _errors.SpawnError(
+            errno.ECHILD,
+            f"nsbox: the sandbox died during setup (status {info}) without a report",
+        )
+
+    def _open_streams(self, parents, bufsize: int) -> None:
+        for i, fd in enumerate(parents):
+            if fd < 0:
+                continue
+            mode = "wb" if i == 0 else "rb"
+            stream = io.open(fd, mode, bufsize)
+            if self.text_mode:
+                stream = io.TextIOWrapper(
+                    stream, encoding=self.encoding, errors=self.errors,
+                    write_through=(i == 0), line_buffering=(i == 0 and bufsize == 1),
+                )
+            setattr(self, ("stdin", "stdout", "stderr")[i], stream)
+
+    # -- status ----------------------------------------------------------------
+
+    @property
+    def pidfd(self) -> int:
+        """A pidfd of the sandbox's init; -1 once it has been reaped."""
+        return self._pidfd
+
+    def _reap(self, block: bool):
+        """waitid on the pidfd; the waitid_result, or None if still running."""
+        flags = os.WEXITED | (0 if block else os.WNOHANG)
+        while True:
+            try:
+                return os.waitid(os.P_PIDFD, self._pidfd, flags)
+            except ChildProcessError:
+                return None
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+
+    def _finish(self, info) -> int:
+        """Record the returncode from init's EXITED record (or its own status)."""
+        try:
+            record = self._read_record(block=False)
+        except _protocol.ProtocolError:
+            record = None
+        if record is not None and record.kind == _protocol.EXITED:
+            self.returncode = _status_to_returncode(record.value)
+        elif info is not None and info.si_code == os.CLD_EXITED:
+            self.returncode = info.si_status
+        elif info is not None:
+            self.returncode = -info.si_status
+        else:  # pragma: no cover - reaped elsewhere (SIGCHLD ignored)
+            self.returncode = -signal.SIGKILL
+        self._release()
+        return self.returncode
+
+    def _release(self) -> None:
+        for attr in ("_pidfd", "_report_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
+
+    def poll(self) -> int | None:
+        """The returncode if the sandbox has ended, else None (does not block)."""
+        with self._lock:
+            if self.returncode is None and self._pidfd >= 0:
+                info = self._reap(block=False)
+                if info is not None and info.si_pid:
+                    self._finish(info)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the sandbox to end; TimeoutExpired after `timeout` seconds."""
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None and not self._ready(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        with self._lock:
+            if self.returncode is None:
+                self._finish(self._reap(block=True))
+            return self.returncode
+
+    def _ready(self, timeout: float) -> bool:
+        """Whether init exits within `timeout` seconds (pidfd readability)."""
+        deadline = time.monotonic() + timeout
+        poller = selectors.PollSelector()
+        with self._lock:
+            if self._pidfd < 0:
+                return True
+            poller.register(self._pidfd, selectors.EVENT_READ)
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if poller.select(max(remaining, 0)):
+                    return True
+                if remaining <= 0:
+                    return False
+        finally:
+            poller.close()
+
+    # -- signals ---------------------------------------------------------------
+
+    def send_signal(self, sig: int) -> None:
+        """Send `sig` to the sandbox: init forwards TERM, INT, HUP, QUIT, USR1,
+        USR2, WINCH and CONT to the command; SIGKILL ends the whole sandbox."""
+        with self._lock:
+            if self.returncode is not None or self._pidfd < 0:
+                return
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        """SIGTERM to the command (through init)."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to init: every process of the sandbox dies."""
+        self.send_signal(signal.SIGKILL)
+
+    def _kill_and_reap(self) -> None:
+        with self._lock:
+            if self._pidfd < 0:
+                return
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._finish(self._reap(block=True))
+
+    # -- I/O -------------------------------------------------------------------
+
+    def communicate(self, input: Any = None, timeout: float | None = None):
+        """Send `input`, read stdout/stderr to EOF, wait; like Popen.communicate."""
+        if self._closed_streams and input:
+            raise ValueError("Cannot send input after starting communication")
+        streams = [s for s in (self.stdout, self.stderr) if s is not None]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not streams and self.stdin is None:
+            self.wait(timeout)
+            return None, None
+        if not self._closed_streams:
+            self._closed_streams = True
+            if self.stdin is not None:
+                if input is not None:
+                    data = input.encode(self.encoding or "utf-8", self.errors or "strict") \
+                        if isinstance(input, str) else bytes(input)
+                    self._input = data
+                if self.stdin is not None:
+                    try:
+                        self.stdin.flush()
+                    except BrokenPipeError:
+                        pass
+                    if not self._input:
+                        self._close_stdin()
+            for s in streams:
+                self._outputs[s] = []
+        self._pump(deadline, timeout)
+        out = self._collect(self.stdout)
+        err = self._collect(self.stderr)
+        self.wait(None if deadline is None else max(deadline - time.monotonic(), 0))
+        return out, err
+
+    def _close_stdin(self) -> None:
+        try:
+            self.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    def _pump(self, deadline, timeout) -> None:
+        sel = selectors.PollSelector()
+        try:
+            if self.stdin is not None and not self.stdin.closed and self._input:
+                sel.register(self.stdin, selectors.EVENT_WRITE)
+            for s in self._outputs:
+                if not s.closed:
+                    sel.register(s, selectors.EVENT_READ)
+            while sel.get_map():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise subprocess.TimeoutExpired(
+                        self.args, timeout, output=self._partial(self.stdout),
+                        stderr=self._partial(self.stderr),
+                    )
+                for key, _ in sel.select(remaining):
+                    if key.fileobj is self.stdin:
+                        chunk = self._input[self._input_offset : self._input_offset + _PIPE_BUF]
+                        try:
+                            self._input_offset += os.write(key.fd, chunk)
+                        except BrokenPipeError:
+                            self._input_offset = len(self._input)
+                        if self._input_offset >= len(self._input):
+                            sel.unregister(key.fileobj)
+                            self._close_stdin()
+                    else:
+                        data = os.read(key.fd, 32768)
+                        if not data:
+                            sel.unregister(key.fileobj)
+                            key.fileobj.close()
+                        else:
+                            self._outputs[key.fileobj].append(data)
+        finally:
+            sel.close()
+
+    def _decode(self, data: bytes):
+        if not self.text_mode:
+            return data
+        text = data.decode(self.encoding or "utf-8", self.errors or "strict")
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+
+    def _partial(self, stream):
+        if stream is None or stream not in self._outputs:
+            return None
+        return b"".join(self._outputs[stream])
+
+    def _collect(self, stream):
+        if stream is None:
+            return None
+        return self._decode(b"".join(self._outputs.get(stream, [])))
+
+    # -- lifetime --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close our stream ends; kill and reap the sandbox if it still runs."""
+        for s in (self.stdin, self.stdout, self.stderr):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        if self.returncode is None:
+            self._kill_and_reap()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_pidfd", -1) >= 0 and self.returncode is None:
+            warnings.warn(f"nsbox: sandbox {self.pid} still running; killing it",
+                          ResourceWarning, source=self, stacklevel=2)
+            try:
+                self._kill_and_reap()
+            except Exception:
+                pass
+        elif getattr(self, "_report_fd", -1) >= 0:
+            self._release()
+
+    def __repr__(self) -> str:
+        return f"<nsbox.Sandbox pid={self.pid} returncode={self.returncode} args={self.args!r}>"
+
+
+def run(
+    args: Any,
+    *,
+    input: Any = None,
+    capture_output: bool = False,
+    timeout: float | None = None,
+    check: bool = False,
+    **kwargs: Any,
+) -> Result:
+    """Run a command in a new sandbox and wait for it, like subprocess.run.
+
+    On timeout the whole sandbox is killed and reaped before
+    subprocess.TimeoutExpired is raised; with check=True a non-zero status
+    raises subprocess.CalledProcessError.
+    """
+    if input is not None:
+        if kwargs.get("stdin") is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        kwargs["stdin"] = PIPE
+    if capture_output:
+        if kwargs.get("stdout") is not None or kwargs.get("stderr") is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+        kwargs["stdout"] = kwargs["stderr"] = PIPE
+    with Sandbox(args, **kwargs) as box:
+        try:
+            stdout, stderr = box.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            box.kill()
+            exc.stdout, exc.stderr = box.communicate()
+            raise
+        except BaseException:
+            box.kill()
+            raise
+        retcode = box.poll()
+        if retcode is None:  # pragma: no cover - communicate waited
+            retcode = box.wait()
+    if check and retcode:
+        raise subprocess.CalledProcessError(retcode, box.args, output=stdout, stderr=stderr)
+    return Result(box.args, retcode, stdout, stderr, pid=box.pid)

@@ -1,0 +1,321 @@
+"""Frozen, validated descriptions of a sandbox: Spec, Bind, Tmpfs (pure).
+
+Everything here is a pure function of its input: no syscalls, no filesystem
+access. Any input either builds a value or raises SpecError naming the value
+at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import SpecError
+
+__all__ = ["Spec", "Bind", "Tmpfs", "NAMESPACES", "NETWORK_MODES", "parse_size", "make_spec"]
+
+NAMESPACES = ("user", "mount", "pid", "uts", "ipc", "net", "cgroup")
+NETWORK_MODES = ("none", "host")
+PATH_MAX = 4096
+HOST_NAME_MAX = 64
+MAX_ID = 2**32 - 2  # (uid_t)-1 is "no id"
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_SIZE = re.compile(r"([0-9]+)\s*([kmgtKMGT]?)(?:i?[bB])?\Z")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _fs(value: Any, what: str) -> str:
+    """A str or bytes or PathLike as str (bytes via the filesystem encoding)."""
+    if isinstance(value, bool) or value is None:
+        raise SpecError(f"{what} must be a path or string, not {value!r}")
+    try:
+        value = os.fspath(value)
+    except TypeError:
+        raise SpecError(f"{what} must be a path or string, not {type(value).__name__}") from None
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if "\0" in value:
+        raise SpecError(f"{what} contains a NUL byte: {value!r}")
+    return value
+
+
+def _encoded_len(value: str) -> int:
+    return len(os.fsencode(value))
+
+
+def check_path(value: Any, what: str, *, allow_root: bool = True) -> str:
+    """An absolute path without NUL or '..', normalized ('//' and trailing '/' removed)."""
+    path = _fs(value, what)
+    if not path.startswith("/"):
+        raise SpecError(f"{what} must be an absolute path: {path!r}")
+    if ".." in path.split("/"):
+        raise SpecError(f"{what} must not contain '..': {path!r}")
+    if _encoded_len(path) >= PATH_MAX:
+        raise SpecError(f"{what} is longer than {PATH_MAX - 1} bytes")
+    norm = posixpath.normpath(path)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    if not allow_root and norm == "/":
+        raise SpecError(f"{what} must not be '/' (use rootfs= to replace the root)")
+    return norm
+
+
+def check_hostname(value: Any) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"hostname must be a string, not {type(value).__name__}")
+    if not value:
+        raise SpecError("hostname must not be empty")
+    if len(value.encode("utf-8", "surrogateescape")) > HOST_NAME_MAX:
+        raise SpecError(f"hostname is longer than {HOST_NAME_MAX} bytes: {value!r}")
+    if not all(_HOST_LABEL.match(label) for label in value.split(".")):
+        raise SpecError(
+            f"hostname {value!r} is not a valid host name "
+            "(dot-separated labels of letters, digits and '-', not starting or ending with '-')"
+        )
+    return value
+
+
+def check_id(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{what} must be an integer, not {value!r}")
+    if value < 0 or value > MAX_ID:
+        raise SpecError(f"{what} must be between 0 and {MAX_ID}: {value}")
+    return value
+
+
+def parse_size(value: Any, what: str = "size") -> int:
+    """Bytes from an int or a string like '64M', '1g', '512KiB' (binary units)."""
+    if isinstance(value, bool):
+        raise SpecError(f"{what} must be a number of bytes or a string like '64M', not {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        m = _SIZE.match(value.strip())
+        if not m:
+            raise SpecError(f"{what} {value!r} is not a size (e.g. 65536, '64M', '1G')")
+        size = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    else:
+        raise SpecError(f"{what} must be a number of bytes or a string like '64M', not {value!r}")
+    if size <= 0:
+        raise SpecError(f"{what} must be positive: {value!r}")
+    if size >= 2**63:
+        raise SpecError(f"{what} is too large: {value!r}")
+    return size
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bind:
+    """Bind host path `src` at `dst` inside the sandbox (default: the same path)."""
+
+    src: str
+    dst: str | None = None
+    readonly: bool = False
+
+    def __post_init__(self):
+        src = check_path(self.src, "bind source")
+        dst = check_path(src if self.dst is None else self.dst, "bind target", allow_root=False)
+        if not isinstance(self.readonly, bool):
+            raise SpecError(f"readonly must be a bool, not {self.readonly!r}")
+        object.__setattr__(self, "src", src)
+        object.__setattr__(self, "dst", dst)
+
+    def describe(self) -> str:
+        kind = "ro-bind" if self.readonly else "bind"
+        return f"{kind} {self.src} -> {self.dst}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tmpfs:
+    """A fresh tmpfs at `dst`; `size` in bytes or like '64M' (None: the kernel's default)."""
+
+    dst: str
+    size: int | str | None = None
+    mode: int = 0o755
+
+    def __post_init__(self):
+        object.__setattr__(self, "dst", check_path(self.dst, "tmpfs target", allow_root=False))
+        if self.size is not None:
+            object.__setattr__(self, "size", parse_size(self.size, "tmpfs size"))
+        if isinstance(self.mode, bool) or not isinstance(self.mode, int) or not (
+            0 <= self.mode <= 0o7777
+        ):
+            raise SpecError(f"tmpfs mode must be an integer between 0 and 0o7777: {self.mode!r}")
+
+    def describe(self) -> str:
+        size = f" size={self.size}" if self.size is not None else ""
+        return f"tmpfs {self.dst}{size}"
+
+
+Mount = Bind | Tmpfs
+
+
+def _args(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes, os.PathLike)):
+        items = [value]
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            raise SpecError(f"args must be a sequence of strings, not {value!r}") from None
+    if not items:
+        raise SpecError("args must not be empty")
+    out = tuple(_fs(item, "argument") for item in items)
+    if not out[0]:
+        raise SpecError("the command (args[0]) must not be empty")
+    return out
+
+
+def _env(value: Any) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        try:
+            items = [tuple(pair) for pair in value]
+        except TypeError:
+            raise SpecError(f"env must be a mapping, not {type(value).__name__}") from None
+    out: dict[str, str] = {}
+    for pair in items:
+        if len(pair) != 2:
+            raise SpecError(f"env items must be (name, value) pairs: {pair!r}")
+        key = _fs(pair[0], "environment variable name")
+        val = _fs(pair[1], f"environment variable {key}")
+        if not key or "=" in key:
+            raise SpecError(f"invalid environment variable name: {key!r}")
+        out[key] = val
+    return tuple(out.items())
+
+
+def _pass_fds(value: Any) -> tuple[int, ...]:
+    try:
+        fds = list(value)
+    except TypeError:
+        raise SpecError(f"pass_fds must be a sequence of fds, not {value!r}") from None
+    for fd in fds:
+        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+            raise SpecError(f"pass_fds must hold non-negative integers: {fd!r}")
+    return tuple(sorted({fd for fd in fds if fd > 2}))
+
+
+def _mounts(value: Any) -> tuple[Mount, ...]:
+    if isinstance(value, (Bind, Tmpfs)):
+        value = [value]
+    try:
+        mounts = tuple(value)
+    except TypeError:
+        raise SpecError(f"mounts must be a sequence of Bind/Tmpfs, not {value!r}") from None
+    seen: set[str] = set()
+    for m in mounts:
+        if not isinstance(m, (Bind, Tmpfs)):
+            raise SpecError(f"mounts must hold nsbox.Bind or nsbox.Tmpfs, not {m!r}")
+        if m.dst in seen:
+            raise SpecError(f"two mounts at the same target: {m.dst}")
+        seen.add(m.dst)
+    return mounts
+
+
+def _namespaces(value: Any, network: str) -> frozenset[str]:
+    if value is None:
+        chosen = set(NAMESPACES)
+        if network == "host":
+            chosen.discard("net")
+        return frozenset(chosen)
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    try:
+        names = list(value)
+    except TypeError:
+        raise SpecError(f"namespaces must be a collection of names, not {value!r}") from None
+    for name in names:
+        if name not in NAMESPACES:
+            raise SpecError(f"unknown namespace {name!r} (known: {', '.join(NAMESPACES)})")
+    chosen = frozenset(names)
+    if network == "host" and "net" in chosen:
+        raise SpecError("network='host' shares the host's network: do not ask for a 'net' namespace")
+    if network == "none" and "net" not in chosen:
+        raise SpecError("network='none' needs the 'net' namespace (use network='host' to share)")
+    return chosen
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Spec:
+    """A validated, frozen, reusable description of a sandbox.
+
+    The option names are those of nsbox.run; a Spec is accepted wherever
+    options are, and options given beside it override its fields.
+    """
+
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] | None = None
+    cwd: str | None = None
+    pass_fds: tuple[int, ...] = ()
+    rootfs: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    network: str = "none"
+    hostname: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    namespaces: frozenset[str] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.network, str) or self.network not in NETWORK_MODES:
+            raise SpecError(
+                f"unknown network mode {self.network!r} (known: {', '.join(NETWORK_MODES)})"
+            )
+        set_ = object.__setattr__
+        set_(self, "args", _args(self.args))
+        set_(self, "env", _env(self.env))
+        if self.cwd is not None:
+            set_(self, "cwd", check_path(self.cwd, "cwd"))
+        set_(self, "pass_fds", _pass_fds(self.pass_fds))
+        if self.rootfs is not None:
+            set_(self, "rootfs", check_path(self.rootfs, "rootfs"))
+        set_(self, "mounts", _mounts(self.mounts))
+        if self.hostname is not None:
+            set_(self, "hostname", check_hostname(self.hostname))
+        if self.uid is not None:
+            set_(self, "uid", check_id(self.uid, "uid"))
+        if self.gid is not None:
+            set_(self, "gid", check_id(self.gid, "gid"))
+        ns = _namespaces(self.namespaces, self.network)
+        set_(self, "namespaces", ns)
+        if "mount" not in ns and (self.rootfs is not None or self.mounts):
+            raise SpecError("rootfs and mounts need the 'mount' namespace")
+        if self.hostname is not None and "uts" not in ns:
+            raise SpecError("hostname needs the 'uts' namespace")
+
+    @property
+    def environ(self) -> dict[str, str] | None:
+        """The environment as a dict, or None to inherit the caller's."""
+        return None if self.env is None else dict(self.env)
+
+    def replace(self, **changes: Any) -> Spec:
+        """A copy with some options changed (validated again)."""
+        return make_spec(self, **changes)
+
+
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))
+SPEC_OPTIONS = frozenset(SPEC_FIELDS) - {"args"}
+
+
+def make_spec(args: Any, **options: Any) -> Spec:
+    """A Spec from args (or a Spec) and options; unknown options are a TypeError."""
+    unknown = set(options) - SPEC_OPTIONS
+    if unknown:
+        raise TypeError(f"unexpected sandbox option(s): {', '.join(sorted(unknown))}")
+    if isinstance(args, Spec):
+        if not options:
+            return args
+        fields = {name: getattr(args, name) for name in SPEC_FIELDS}
+        if "network" in options and "namespaces" not in options:
+            fields["namespaces"] = None
+        fields.update(options)
+        return Spec(**fields)
+    return Spec(args, **options)
+

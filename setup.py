@@ -1,0 +1,38 @@
+"""Build glue: the cffi extension, plus nsbox-init, the sandbox's pid 1.
+
+nsbox-init is a small static executable (csrc/init.c) installed next to the
+extension module; metadata lives in pyproject.toml.
+"""
+
+import os
+import shlex
+import subprocess
+import sysconfig
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+INIT_SOURCES = ["csrc/init.c"]
+INIT_NAME = "nsbox-init"
+
+
+class BuildExtWithInit(build_ext):
+    def run(self):
+        super().run()
+        target_dir = os.path.dirname(self.get_ext_fullpath("nsbox._nsbox_cffi"))
+        os.makedirs(target_dir, exist_ok=True)
+        out = os.path.join(target_dir, INIT_NAME)
+        cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+        base = cc + ["-O2", "-std=gnu11", "-Wall", "-Icsrc", "-o", out, *INIT_SOURCES]
+        # Static: exec of the init must not pay for the dynamic loader.
+        try:
+            subprocess.run(base + ["-static"], check=True, capture_output=True)
+        except subprocess.CalledProcessError:
+            subprocess.run(base, check=True)
+        os.chmod(out, 0o755)
+
+
+setup(
+    cffi_modules=["csrc/build_ffi.py:ffibuilder"],
+    cmdclass={"build_ext": BuildExtWithInit},
+)
