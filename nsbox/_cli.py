@@ -1,0 +1,357 @@
+"""python -m nsbox run [options] -- CMD [ARGS...]
+
+Exit status: the command's own; 128+N if it died of signal N; 124 when
+--timeout killed it; 125 for nsbox's own errors (one `nsbox: ...` line on
+stderr); 126 found but not executable; 127 not found.
+
+This module stays light: no trio, no pyroute2 (start-up time is part of the
+cost of every sandbox started from a shell).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+EXIT_TIMEOUT = 124
+EXIT_NSBOX = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+FORWARDED_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
+)
+
+RUN_DESCRIPTION = """\
+Run CMD in a new sandbox: new user, mount, pid, uts, ipc, net and cgroup
+namespaces; the host's / read-only, a fresh /proc, a minimal /dev and a private
+tmpfs on /tmp. Your uid and gid are root inside (see --uid/--gid).
+"""
+
+RUN_EPILOG = """\
+exit status: the command's; 128+N if it died of signal N; 124 if --timeout
+killed it; 125 if nsbox itself failed (bad option, setup failure); 126 if CMD
+cannot be executed; 127 if CMD was not found.
+
+examples:
+  python -m nsbox run -- sh -c 'id; hostname'
+  python -m nsbox run --ro-bind /srv/data:/data --tmpfs /scratch:size=64M -- ls /data
+  python -m nsbox run --rootfs ./alpine --hostname box --env TERM=dumb -- /bin/sh
+"""
+
+
+class CliError(Exception):
+    """A usage error: printed as one `nsbox: ...` line, exit 125."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would exit 2 with a usage dump
+        raise CliError(message)
+
+
+def _bind_arg(value: str) -> tuple[str, str]:
+    src, sep, dst = value.partition(":")
+    if not src:
+        raise argparse.ArgumentTypeError(f"expected SRC[:DST], got {value!r}")
+    return src, (dst if sep else src)
+
+
+def _tmpfs_arg(value: str) -> tuple[str, str | None, int | None]:
+    dst, _, opts = value.partition(":")
+    size = mode = None
+    for opt in filter(None, opts.split(",")):
+        key, sep, val = opt.partition("=")
+        if key == "size" and sep:
+            size = val
+        elif key == "mode" and sep:
+            try:
+                mode = int(val, 8)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"tmpfs mode must be octal: {val!r}") from None
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unknown tmpfs option {opt!r} (expected size=N or mode=OCTAL)"
+            )
+    return dst, size, mode
+
+
+def _int_arg(value: str) -> int:
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+
+
+def _timeout_arg(value: str) -> float:
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not t > 0 or t != t or t == float("inf"):
+        raise argparse.ArgumentTypeError(f"timeout must be a positive number: {value!r}")
+    return t
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m nsbox", description="Fast Linux namespace sandboxes.",
+                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser(
+        "run", help="run a command in a new sandbox", description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    fs = run.add_argument_group("filesystem")
+    fs.add_argument("--rootfs", metavar="DIR",
+                    help="use DIR (read-only) as / instead of the host's root")
+    fs.add_argument("--bind", metavar="SRC[:DST]", action="append", type=_bind_arg, default=[],
+                    dest="mounts_rw",
+                    help="bind host path SRC read-write at DST (default: the same path); "
+                         "a missing DST is created in the sandbox's view only")
+    fs.add_argument("--ro-bind", metavar="SRC[:DST]", action="append", type=_bind_arg,
+                    default=[], dest="mounts_ro", help="like --bind, read-only")
+    fs.add_argument("--tmpfs", metavar="DST[:size=N,mode=M]", action="append", type=_tmpfs_arg,
+                    default=[], help="a fresh tmpfs at DST, size in bytes or like 64M, octal mode")
+    fs.add_argument("--chdir", metavar="DIR",
+                    help="working directory inside (default: the current one if it exists "
+                         "inside, else /)")
+    ident = run.add_argument_group("identity and isolation")
+    ident.add_argument("--network", choices=("none", "host"), default="none",
+                       help="none: own network namespace with only loopback (default); "
+                            "host: share the host's network")
+    ident.add_argument("--hostname", metavar="NAME", help="host name inside the sandbox")
+    ident.add_argument("--uid", metavar="N", type=_int_arg, help="uid inside (default 0)")
+    ident.add_argument("--gid", metavar="N", type=_int_arg, help="gid inside (default 0)")
+    ident.add_argument("--namespaces", metavar="LIST",
+                       help="comma-separated namespaces to create (default: all of "
+                            "user,mount,pid,uts,ipc,net,cgroup)")
+    env = run.add_argument_group("environment")
+    env.add_argument("--env", metavar="K=V", action="append", default=[],
+                     help="set an environment variable (repeatable); K alone copies the "
+                          "caller's value")
+    env.add_argument("--clearenv", action="store_true",
+                     help="start from an empty environment instead of the caller's")
+    ctl = run.add_argument_group("control")
+    ctl.add_argument("--timeout", metavar="SECONDS", type=_timeout_arg,
+                     help="kill the whole sandbox after SECONDS and exit 124")
+    ctl.add_argument("--status-fd", metavar="FD", type=_int_arg,
+                     help="write JSON lines to FD: a 'started' event with the pid, an "
+                          "'exited' event with returncode, signal and wall time")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                     help="the command to run")
+    return parser
+
+
+def _env_from(args: argparse.Namespace) -> dict[str, str] | None:
+    if not args.env and not args.clearenv:
+        return None
+    env: dict[str, str] = {} if args.clearenv else dict(os.environ)
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise CliError(f"--env expects K=V, got {item!r}")
+        if sep:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def parse_run(argv: list[str]):
+    """`run` argv (after the word run) -> (Spec, timeout, status_fd). Raises CliError/SpecError."""
+    from ._spec import Bind, Spec, Tmpfs
+
+    parser = build_parser()
+    ns = parser.parse_args(["run", *argv])
+    cmd = ns.cmd
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise CliError("no command given (usage: python -m nsbox run [options] -- CMD [ARGS...])")
+    mounts: list[Any] = []
+    for src, dst in ns.mounts_rw:
+        mounts.append(Bind(os.path.abspath(src), dst))
+    for src, dst in ns.mounts_ro:
+        mounts.append(Bind(os.path.abspath(src), dst, readonly=True))
+    for dst, size, mode in ns.tmpfs:
+        mounts.append(Tmpfs(dst, size=size) if mode is None else Tmpfs(dst, size=size, mode=mode))
+    spec = Spec(
+        cmd,
+        env=_env_from(ns),
+        cwd=ns.chdir,
+        rootfs=os.path.abspath(ns.rootfs) if ns.rootfs else None,
+        mounts=mounts,
+        network=ns.network,
+        hostname=ns.hostname,
+        uid=ns.uid,
+        gid=ns.gid,
+        namespaces=ns.namespaces,
+    )
+    return spec, ns.timeout, ns.status_fd
+
+
+def spec_to_argv(spec) -> list[str]:
+    """The `run` options that rebuild `spec` (parse_run(spec_to_argv(s))[0] == s)."""
+    from ._spec import NAMESPACES, Bind
+
+    argv: list[str] = []
+    if spec.rootfs:
+        argv += ["--rootfs", spec.rootfs]
+    for m in spec.mounts:
+        if isinstance(m, Bind):
+            argv += ["--ro-bind" if m.readonly else "--bind", f"{m.src}:{m.dst}"]
+        else:
+            opts = []
+            if m.size is not None:
+                opts.append(f"size={m.size}")
+            if m.mode != 0o755:
+                opts.append(f"mode={m.mode:o}")
+            argv += ["--tmpfs", m.dst + (":" + ",".join(opts) if opts else "")]
+    if spec.cwd:
+        argv += ["--chdir", spec.cwd]
+    if spec.network != "none":
+        argv += ["--network", spec.network]
+    if spec.hostname:
+        argv += ["--hostname", spec.hostname]
+    if spec.uid is not None:
+        argv += ["--uid", str(spec.uid)]
+    if spec.gid is not None:
+        argv += ["--gid", str(spec.gid)]
+    default_ns = set(NAMESPACES) - ({"net"} if spec.network == "host" else set())
+    if set(spec.namespaces) != default_ns:
+        argv += ["--namespaces", ",".join(n for n in NAMESPACES if n in spec.namespaces)]
+    if spec.env is not None:
+        argv.append("--clearenv")
+        for key, value in spec.env:
+            argv += ["--env", f"{key}={value}"]
+    return [*argv, "--", *spec.args]
+
+
+def _err(message: str) -> None:
+    if not message.startswith("nsbox: "):
+        message = "nsbox: " + message
+    sys.stderr.write(message.replace("\n", " ") + "\n")
+    sys.stderr.flush()
+
+
+class _StatusWriter:
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def check(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.fstat(self.fd)
+        except OSError as exc:
+            raise CliError(f"--status-fd {self.fd}: {exc.strerror}") from None
+
+    def event(self, **fields: Any) -> None:
+        if self.fd is None:
+            return
+        import json
+
+        try:
+            os.write(self.fd, (json.dumps(fields) + "\n").encode())
+        except OSError:
+            pass
+
+
+def _run(argv: list[str]) -> int:
+    from . import _errors
+    from ._process import Sandbox
+
+    try:
+        spec, timeout, status_fd = parse_run(argv)
+    except (CliError, _errors.SpecError) as exc:
+        _err(str(exc))
+        return EXIT_NSBOX
+    status = _StatusWriter(status_fd)
+    try:
+        status.check()
+    except CliError as exc:
+        _err(str(exc))
+        return EXIT_NSBOX
+
+    # Signals that arrive before the sandbox exists are delivered once it does.
+    box = None
+    pending: list[int] = []
+
+    def forward(signum, frame):
+        if box is None:
+            pending.append(signum)
+        else:
+            box.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    started = time.monotonic()
+    try:
+        try:
+            # --status-fd is ours, not the command's: the sandbox does not get it.
+            box = Sandbox(spec)
+        except _errors.ExecError as exc:
+            _err(str(exc))
+            return exc.exit_code
+        except _errors.NsboxError as exc:
+            _err(str(exc))
+            return EXIT_NSBOX
+        status.event(event="started", pid=box.pid)
+        for sig in pending:
+            box.send_signal(sig)
+        timed_out = False
+        try:
+            code = box.wait(timeout)
+        except Exception as exc:
+            import subprocess
+
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            timed_out = True
+            box.kill()
+            code = box.wait()
+        wall = time.monotonic() - started
+        sig = -code if code < 0 else None
+        status.event(event="exited", returncode=code, signal=sig, wall_time=round(wall, 6),
+                     timed_out=timed_out)
+        if timed_out:
+            return EXIT_TIMEOUT
+        return 128 + sig if sig else code
+    finally:
+        if box is not None:
+            box.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        build_parser().print_usage(sys.stderr)
+        _err("no command given (try: python -m nsbox run --help)")
+        return EXIT_NSBOX
+    if argv[0] in ("-h", "--help"):
+        try:
+            build_parser().parse_args(argv)
+        except CliError as exc:
+            _err(str(exc))
+            return EXIT_NSBOX
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return EXIT_NSBOX
+    if argv[0] != "run":
+        _err(f"unknown command {argv[0]!r} (try: python -m nsbox run --help)")
+        return EXIT_NSBOX
+    try:
+        return _run(argv[1:])
+    except SystemExit as exc:  # --help inside run
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_NSBOX
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except Exception as exc:  # a bug: still one line, still 125
+        _err(f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_NSBOX

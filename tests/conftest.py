@@ -1,0 +1,150 @@
+"""Shared test machinery: tiers, capability checks, hypothesis profiles, leak checks.
+
+Tiers (see shared/DESIGN.md): unit (nothing), native (the built module),
+rootless (user namespaces), root (real root in the initial user namespace).
+With NSBOX_MUST_WORK=1 (CI) a missing capability fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import time
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+MUST_WORK = os.environ.get("NSBOX_MUST_WORK") == "1"
+
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100
+)
+# Unprivileged runs (uid 65534) cannot write a database next to the tests.
+settings.register_profile(
+    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100,
+    database=None, print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if MUST_WORK else "default"))
+
+
+def need(ok: bool, why: str) -> None:
+    """Skip the test when `ok` is false, or fail it under NSBOX_MUST_WORK=1."""
+    if ok:
+        return
+    if MUST_WORK:
+        pytest.fail(f"NSBOX_MUST_WORK=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
+@functools.lru_cache(maxsize=None)
+def userns_problem() -> str | None:
+    """None if a default sandbox starts here, else why not."""
+    try:
+        import nsbox
+    except ImportError as exc:
+        return f"nsbox is not built: {exc}"
+    try:
+        nsbox.run(["/bin/true"])
+    except nsbox.NsboxError as exc:
+        return f"cannot start a sandbox here: {exc}"
+    return None
+
+
+def in_initial_userns() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def is_real_root() -> bool:
+    return os.geteuid() == 0 and in_initial_userns()
+
+
+@pytest.fixture
+def userns():
+    """Tests that start real sandboxes."""
+    problem = userns_problem()
+    need(problem is None, problem or "")
+
+
+@pytest.fixture
+def real_root():
+    need(is_real_root(), "needs real root in the initial user namespace")
+
+
+# -- leak checks ----------------------------------------------------------------
+
+
+def _fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def _fd_target(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+
+
+def _children() -> set[int]:
+    kids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+def _mounts() -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for _ in f)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves a child process, an fd or a mount behind."""
+    if request.node.get_closest_marker("allow_leaks"):
+        yield
+        return
+    gc.collect()
+    fds, kids, mounts = _fds(), _children(), _mounts()
+    yield
+    leaked_fds: set[int] = set()
+    leaked_kids: set[int] = set()
+    for _ in range(50):  # give finalizers and the kernel a moment
+        gc.collect()
+        leaked_fds = _fds() - fds
+        leaked_kids = _children() - kids
+        if not leaked_fds and not leaked_kids:
+            break
+        time.sleep(0.01)
+    problems = []
+    if leaked_kids:
+        problems.append(f"child processes left: {sorted(leaked_kids)}")
+    if leaked_fds:
+        problems.append(
+            "fds left open: " + ", ".join(f"{fd}->{_fd_target(fd)}" for fd in sorted(leaked_fds))
+        )
+    if _mounts() != mounts:
+        problems.append(f"mount count changed: {mounts} -> {_mounts()}")
+    if problems:
+        pytest.fail("leak: " + "; ".join(problems), pytrace=False)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "allow_leaks: the test manages its own cleanup checks")
+
+
+def pytest_sessionstart(session):
+    # nsbox keeps two fds for the life of the process (nsbox-init, our pidfd):
+    # open them before the first leak check sees them appear.
+    try:
+        from nsbox import _native
+    except ImportError:
+        return
+    _native._process_fds()

@@ -1,0 +1,6 @@
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _tier(userns):
+    """Every test here starts real sandboxes: user namespaces must work."""
