@@ -17,19 +17,28 @@ INIT_NAME = "nsbox-init"
 
 
 class BuildExtWithInit(build_ext):
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        # Replace, never rewrite in place: running processes have the old
+        # module mapped, and rewriting a mapped file crashes them.
+        if os.path.isfile(outfile):
+            os.unlink(outfile)
+        return super().copy_file(infile, outfile, *args, **kwargs)
+
     def run(self):
         super().run()
         target_dir = os.path.dirname(self.get_ext_fullpath("nsbox._nsbox_cffi"))
         os.makedirs(target_dir, exist_ok=True)
         out = os.path.join(target_dir, INIT_NAME)
+        tmp = out + ".tmp"
         cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-        base = cc + ["-O2", "-std=gnu11", "-Wall", "-Icsrc", "-o", out, *INIT_SOURCES]
+        base = cc + ["-O2", "-std=gnu11", "-Wall", "-Icsrc", "-o", tmp, *INIT_SOURCES]
         # Static: exec of the init must not pay for the dynamic loader.
         try:
             subprocess.run(base + ["-static"], check=True, capture_output=True)
         except subprocess.CalledProcessError:
             subprocess.run(base, check=True)
-        os.chmod(out, 0o755)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)  # atomic: a running nsbox-init keeps its inode
 
 
 setup(

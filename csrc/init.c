@@ -24,7 +24,7 @@
 
 #define INIT_PID1 1 /* we are pid 1 of a new pid namespace */
 
-extern char **environ;
+
 
 static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,   SIGQUIT,
                                 SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
@@ -91,6 +91,8 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGCHLD);
     if (fail_stage == NSBOX_STAGE_INIT)
         fail(NSBOX_STAGE_INIT, fail_errno);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        fail(NSBOX_STAGE_INIT, errno);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
     if (sfd < 0)
         fail(NSBOX_STAGE_INIT, errno);

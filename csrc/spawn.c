@@ -118,11 +118,11 @@ int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
     ca.exit_signal = SIGCHLD;
     ca.stack = (uint64_t)(uintptr_t)stack;
     ca.stack_size = CHILD_STACK_SIZE;
-    long pid = clone3_call(&ca, nsbox_child_main, (void *)spec);
+    long pid = clone3_call(&ca, nsbox_child_main, (void *)(uintptr_t)spec);
     int err = pid < 0 ? (int)-pid : 0;
     if (err == ENOSYS) {
         pid = clone(nsbox_child_main, stack + CHILD_STACK_SIZE, (int)(flags | SIGCHLD),
-                    (void *)spec, &pidfd);
+                    (void *)(uintptr_t)spec, &pidfd);
         err = pid < 0 ? errno : 0;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);

@@ -228,7 +228,7 @@ class Sandbox:
             if fd < 0:
                 continue
             mode = "wb" if i == 0 else "rb"
-            stream = io.open(fd, mode, bufsize)
+            stream = open(fd, mode, bufsize)
             if self.text_mode:
                 stream = io.TextIOWrapper(
                     stream, encoding=self.encoding, errors=self.errors,

@@ -237,7 +237,9 @@ def _namespaces(value: Any, network: str) -> frozenset[str]:
             raise SpecError(f"unknown namespace {name!r} (known: {', '.join(NAMESPACES)})")
     chosen = frozenset(names)
     if network == "host" and "net" in chosen:
-        raise SpecError("network='host' shares the host's network: do not ask for a 'net' namespace")
+        raise SpecError(
+            "network='host' shares the host's network: do not ask for a 'net' namespace"
+        )
     if network == "none" and "net" not in chosen:
         raise SpecError("network='none' needs the 'net' namespace (use network='host' to share)")
     return chosen

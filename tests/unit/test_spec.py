@@ -1,0 +1,431 @@
+"""Spec, Bind, Tmpfs and parse_size: every input builds a value or raises SpecError."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import nsbox_strategies as S
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from nsbox import NsboxError, SpecError
+from nsbox._spec import (
+    MAX_ID,
+    NAMESPACES,
+    SPEC_OPTIONS,
+    Bind,
+    Spec,
+    Tmpfs,
+    check_hostname,
+    check_id,
+    check_path,
+    make_spec,
+    parse_size,
+)
+
+
+def build(fn, *args, **kwargs):
+    """fn(...) or None when it raised SpecError; any other exception propagates."""
+    try:
+        return fn(*args, **kwargs)
+    except SpecError as exc:
+        assert isinstance(exc, ValueError) and isinstance(exc, NsboxError)
+        assert str(exc), "a SpecError must say what is wrong"
+        return None
+
+
+# -- the central property -----------------------------------------------------------
+
+
+@given(S.hostile_argvs(), S.anything_kwargs())
+def test_any_input_builds_a_spec_or_raises_spec_error(args, kwargs):
+    spec = build(make_spec, args, **kwargs)
+    if spec is not None:
+        assert isinstance(spec, Spec)
+        hash(spec)
+        # A valid spec is a fixed point: validating it again changes nothing.
+        assert Spec(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(Spec)}) == spec
+
+
+@given(S.argvs(), S.anything_kwargs(), st.sampled_from(["bogus", "timeout", "stdin", "arg"]))
+def test_unknown_option_names_are_a_type_error(args, kwargs, name):
+    with pytest.raises(TypeError, match=name):
+        make_spec(args, **kwargs, **{name: 1})
+
+
+@given(S.specs())
+def test_valid_specs_are_normalized_and_frozen(spec):
+    assert isinstance(spec.args, tuple) and spec.args[0]
+    assert isinstance(spec.namespaces, frozenset) and spec.namespaces <= set(NAMESPACES)
+    assert isinstance(spec.mounts, tuple)
+    assert spec.env is None or isinstance(spec.env, tuple)
+    assert list(spec.pass_fds) == sorted(set(spec.pass_fds)) and all(fd > 2 for fd in spec.pass_fds)
+    assert ("net" in spec.namespaces) == (spec.network == "none")
+    assert make_spec(spec) is spec
+    assert hash(spec) == hash(Spec(**{f.name: getattr(spec, f.name)
+                                      for f in dataclasses.fields(Spec)}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.args = ("x",)
+
+
+# -- paths --------------------------------------------------------------------------
+
+
+@given(S.hostile_paths())
+@example("/" + "a" * 4094)  # 4095 bytes: the longest accepted
+@example("/" + "a" * 4095)  # 4096 bytes
+@example("/" + "é" * 2048)  # 4097 bytes in 2049 characters
+@example(b"/\xff/x")
+@example(pathlib.PurePosixPath("/srv/data"))
+def test_paths_match_the_oracle(value):
+    expected = S.path_oracle(value if not isinstance(value, os.PathLike) else os.fspath(value))
+    got = build(check_path, value, "cwd")
+    assert got == expected
+    if got is not None:
+        assert check_path(got, "cwd") == got  # idempotent
+
+
+@given(S.raw_abs_paths())
+def test_unnormalized_paths_are_normalized(raw):
+    got = check_path(raw, "rootfs")
+    assert got.startswith("/") and "//" not in got and (got == "/" or not got.endswith("/"))
+    assert "/./" not in got + "/"
+
+
+@pytest.mark.parametrize("field", ["cwd", "rootfs"])
+@pytest.mark.parametrize(
+    "bad", ["relative", "./x", "", "/a/../b", "/..", "/a\0b", "/" + "x" * 5000, 5, True, b"rel"]
+)
+def test_bad_paths_are_spec_errors(field, bad):
+    with pytest.raises(SpecError):
+        Spec(["true"], **{field: bad})
+
+
+def test_relative_cwd_names_the_value():
+    with pytest.raises(SpecError, match="cwd.*absolute.*'work'"):
+        Spec(["true"], cwd="work")
+
+
+def test_paths_accept_bytes_and_pathlike():
+    spec = Spec(["true"], cwd=pathlib.Path("/srv//data/"), rootfs=b"/r\xff")
+    assert spec.cwd == "/srv/data"
+    assert spec.rootfs == os.fsdecode(b"/r\xff")
+
+
+# -- hostnames ----------------------------------------------------------------------
+
+
+@given(S.hostile_hostnames())
+def test_hostnames_match_the_oracle(value):
+    got = build(check_hostname, value)
+    assert (got is not None) == S.hostname_oracle(value)
+    if got is not None:
+        assert got == value
+
+
+@given(S.hostnames())
+def test_valid_hostnames_build(name):
+    assert Spec(["true"], hostname=name).hostname == name
+
+
+def test_hostname_of_64_bytes_is_accepted_65_is_not():
+    name64 = "a" * 32 + "." + "b" * 31
+    name65 = "a" * 32 + "." + "b" * 32
+    assert len(name64) == 64 and len(name65) == 65
+    assert Spec(["true"], hostname=name64).hostname == name64
+    with pytest.raises(SpecError, match="64 bytes"):
+        Spec(["true"], hostname=name65)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "-a", "a-", "a..b", "a.", ".a", "a_b", "a b", "é", "a\n", "a" * 64, 5, b"ab", None]
+)
+def test_bad_hostnames(bad):
+    with pytest.raises(SpecError):
+        Spec(["true"], hostname=bad)
+
+
+def test_hostname_needs_uts_namespace():
+    with pytest.raises(SpecError, match="uts"):
+        Spec(["true"], hostname="box", namespaces=["user", "net"])
+
+
+# -- argv and env ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [[], (), [""], ["a\0b"], ["ls", "x\0"], [None], [1], None, 5])
+def test_bad_argv(bad):
+    with pytest.raises(SpecError):
+        Spec(bad)
+
+
+def test_argv_forms():
+    assert Spec("ls").args == ("ls",)
+    assert Spec(["ls", ""]).args == ("ls", "")
+    assert Spec([b"/bin/\xff", pathlib.Path("/x")]).args == ("/bin/\udcff", "/x")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"A=B": "1"},
+        {"": "1"},
+        {"A\0": "1"},
+        {"A": "v\0"},
+        {"A": 1},
+        {1: "a"},
+        [("A",)],
+        [("A", "1", "2")],
+        5,
+        [1],
+    ],
+)
+def test_bad_env(bad):
+    with pytest.raises(SpecError):
+        Spec(["true"], env=bad)
+
+
+def test_env_forms():
+    assert Spec(["true"], env=None).environ is None
+    assert Spec(["true"], env={}).environ == {}
+    assert Spec(["true"], env={"A": "1=2", "B": ""}).env == (("A", "1=2"), ("B", ""))
+    assert Spec(["true"], env=[("A", "1"), ("A", "2")]).environ == {"A": "2"}
+
+
+# -- ids, sizes, networks, namespaces -------------------------------------------------
+
+
+@given(S.hostile_ids())
+def test_ids(value):
+    got = build(check_id, value, "uid")
+    ok = type(value) is int and 0 <= value <= MAX_ID
+    assert (got is not None) == ok
+
+
+@pytest.mark.parametrize("bad", [-1, MAX_ID + 1, 2**32, True, False, 1.0, "0"])
+@pytest.mark.parametrize("field", ["uid", "gid"])
+def test_bad_ids(field, bad):
+    with pytest.raises(SpecError, match=field):
+        Spec(["true"], **{field: bad})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("64M", 64 << 20), ("1g", 1 << 30), ("512KiB", 512 << 10), ("10", 10), (" 2 T ", 2 << 40),
+     ("3mb", 3 << 20), (4096, 4096)],
+)
+def test_parse_size_examples(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("bad", ["12Q", 0, -1, "0", "-5M", "", "1.5M", 1.5, True, None, 2**63,
+                                 "9" * 30, "９"])
+def test_bad_sizes(bad):
+    with pytest.raises(SpecError):
+        parse_size(bad)
+    with pytest.raises(SpecError, match="tmpfs size"):
+        Tmpfs("/x", size=bad)
+
+
+@given(S.size_strings())
+def test_size_strings(pair):
+    text, value = pair
+    if value >= 2**63:
+        with pytest.raises(SpecError):
+            parse_size(text)
+    else:
+        assert parse_size(text) == value
+
+
+@given(S.hostile_sizes())
+def test_any_size_is_bytes_or_spec_error(value):
+    got = build(parse_size, value)
+    if got is not None:
+        assert type(got) is int and 0 < got < 2**63
+
+
+@pytest.mark.parametrize("bad", ["bogus", "", "NONE", None, 1, ["none"]])
+def test_bad_network(bad):
+    with pytest.raises(SpecError, match="network"):
+        Spec(["true"], network=bad)
+
+
+def test_network_and_net_namespace():
+    assert "net" in Spec(["true"]).namespaces
+    assert "net" not in Spec(["true"], network="host").namespaces
+    with pytest.raises(SpecError):
+        Spec(["true"], network="host", namespaces=["user", "net"])
+    with pytest.raises(SpecError):
+        Spec(["true"], network="none", namespaces=["user"])
+
+
+@pytest.mark.parametrize("bad", [["bogus"], "user,bogus", ["USER"], 5, [None]])
+def test_bad_namespaces(bad):
+    with pytest.raises(SpecError):
+        Spec(["true"], namespaces=bad)
+
+
+def test_namespace_forms():
+    expect = frozenset({"user", "net"})
+    assert Spec(["true"], namespaces="user,net").namespaces == expect
+    assert Spec(["true"], namespaces=["net", "user", "user"]).namespaces == expect
+    assert Spec(["true"]).namespaces == frozenset(NAMESPACES)
+
+
+# -- mounts --------------------------------------------------------------------------
+
+
+@given(S.hostile_mounts())
+def test_any_mounts_build_or_raise(mounts):
+    spec = build(Spec, ["true"], mounts=mounts)
+    if spec is not None:
+        dsts = [m.dst for m in spec.mounts]
+        assert len(dsts) == len(set(dsts))
+
+
+def test_bind_defaults_and_normalization():
+    b = Bind("/srv//data/")
+    assert (b.src, b.dst, b.readonly) == ("/srv/data", "/srv/data", False)
+    assert Bind("/", "/host").src == "/"
+    assert Tmpfs("/scratch", size="64M").size == 64 << 20
+    assert Tmpfs("/scratch").mode == 0o755
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Bind("/"),  # target '/' (use rootfs=)
+        lambda: Bind("/a", "/"),
+        lambda: Bind("rel"),
+        lambda: Bind("/a", "rel"),
+        lambda: Bind("/a", readonly="yes"),
+        lambda: Bind("/a\0"),
+        lambda: Tmpfs("/"),
+        lambda: Tmpfs("tmp"),
+        lambda: Tmpfs("/x", mode=0o10000),
+        lambda: Tmpfs("/x", mode=-1),
+        lambda: Tmpfs("/x", mode=True),
+        lambda: Tmpfs("/x", size="12Q"),
+    ],
+)
+def test_bad_mounts(make):
+    with pytest.raises(SpecError):
+        make()
+
+
+def test_two_mounts_at_one_target():
+    with pytest.raises(SpecError, match="same target: /data"):
+        Spec(["true"], mounts=[Bind("/a", "/data"), Tmpfs("/data/")])
+
+
+def test_mounts_need_the_mount_namespace():
+    with pytest.raises(SpecError, match="mount"):
+        Spec(["true"], mounts=[Tmpfs("/x")], namespaces=["user", "net"])
+    with pytest.raises(SpecError, match="mount"):
+        Spec(["true"], rootfs="/", namespaces=["user", "net"])
+
+
+@pytest.mark.parametrize("bad", [5, "abc", [object()], [("/a", "/b")]])
+def test_bad_mount_containers(bad):
+    with pytest.raises(SpecError):
+        Spec(["true"], mounts=bad)
+
+
+def test_pass_fds():
+    assert Spec(["true"], pass_fds=[9, 0, 1, 2, 5, 9]).pass_fds == (5, 9)
+    for bad in ([-1], [True], ["3"], 5, None):
+        with pytest.raises(SpecError):
+            Spec(["true"], pass_fds=bad)
+
+
+# -- Spec as a value -------------------------------------------------------------------
+
+
+def test_spec_is_frozen_and_hashable():
+    a = Spec(["ls", "-l"], env={"A": "1"}, mounts=[Tmpfs("/x", size="1M"), Bind("/etc")],
+             hostname="box", uid=1, gid=2)
+    b = Spec(("ls", "-l"), env=[("A", "1")], mounts=(Tmpfs("/x", size=1 << 20), Bind("/etc")),
+             hostname="box", uid=1, gid=2)
+    assert a == b and hash(a) == hash(b)
+    assert len({a, b}) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.hostname = "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.mounts[0].dst = "/y"
+    with pytest.raises((AttributeError, TypeError)):
+        a.extra = 1  # slots: no new attributes
+
+
+def test_spec_replace():
+    spec = Spec(["true"], hostname="box", env={"A": "1"})
+    other = spec.replace(hostname="other", uid=5)
+    assert (other.hostname, other.uid, other.env) == ("other", 5, (("A", "1"),))
+    assert spec.hostname == "box" and spec.uid is None  # unchanged
+    assert spec.replace() is spec
+    # validated again
+    with pytest.raises(SpecError):
+        spec.replace(hostname="bad_name")
+    with pytest.raises(TypeError):
+        spec.replace(bogus=1)
+    # network='host' without explicit namespaces drops only the net namespace
+    host = spec.replace(network="host")
+    assert host.namespaces == frozenset(NAMESPACES) - {"net"}
+    assert host.replace(network="none").namespaces == frozenset(NAMESPACES)
+
+
+@given(S.specs(), S.anything_kwargs())
+def test_replace_is_make_spec_over_the_fields(spec, changes):
+    got = build(spec.replace, **changes)
+    if got is not None:
+        assert isinstance(got, Spec)
+        for name in SPEC_OPTIONS - set(changes) - {"namespaces"}:
+            assert getattr(got, name) == getattr(spec, name)
+
+
+# -- known bugs -----------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
+                   reason="BUG: a lone surrogate in a hostname raises UnicodeEncodeError, "
+                          "not SpecError")
+def test_bug_surrogate_hostname_is_spec_error():
+    with pytest.raises(SpecError):
+        Spec(["true"], hostname="a\ud800")
+
+
+@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
+                   reason="BUG: a lone surrogate in a path raises UnicodeEncodeError, "
+                          "not SpecError")
+def test_bug_surrogate_path_is_spec_error():
+    with pytest.raises(SpecError):
+        Spec(["true"], cwd="/a\ud800")
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="BUG: lone surrogates in argv/env build a Spec that cannot be "
+                          "encoded (nsbox.run then raises UnicodeEncodeError, not SpecError)")
+@pytest.mark.parametrize("kwargs", [{"args": ["echo", "\ud800"]},
+                                    {"args": ["true"], "env": {"A": "\ud800"}},
+                                    {"args": ["true"], "env": {"\ud800": "1"}}])
+def test_bug_unencodable_argv_env_is_spec_error(kwargs):
+    with pytest.raises(SpecError):
+        make_spec(**kwargs)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="BUG: a size string of more than 4300 digits raises int()'s "
+                          "ValueError, not SpecError")
+def test_bug_huge_size_string_is_spec_error():
+    with pytest.raises(SpecError):
+        parse_size("9" * 5000)
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="BUG: pass_fds outside int32 are accepted by Spec; nsbox.run then "
+                          "raises OverflowError (see tests/native/test_bugs.py)")
+def test_bug_pass_fds_out_of_range_is_spec_error():
+    with pytest.raises(SpecError):
+        Spec(["true"], pass_fds=[2**40])
