@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="working directory inside (default: the current one if it exists "
                          "inside, else /)")
     ident = run.add_argument_group("identity and isolation")
-    ident.add_argument("--network", choices=("none", "host"), default="none",
+    ident.add_argument("--network", choices=("none", "host"), default=None,
                        help="none: own network namespace with only loopback (default); "
                             "host: share the host's network")
     ident.add_argument("--hostname", metavar="NAME", help="host name inside the sandbox")

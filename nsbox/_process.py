@@ -91,6 +91,7 @@ class Sandbox:
         self.pid: int | None = None
         self._pidfd = -1
         self._report_fd = -1
+        self._command_pidfd = -1  # only without a pid namespace (see kill)
         self._lock = threading.Lock()
         self._closed_streams = False
         self.stdin = self.stdout = self.stderr = None
@@ -201,7 +202,13 @@ class Sandbox:
         except _protocol.ProtocolError as exc:
             raise _errors.NsboxInternalError(f"nsbox: bad report from the sandbox: {exc}") from None
         if rec is not None and rec.kind == _protocol.STARTED:
-            self.command_pid = rec.value
+            if "pid" not in plan.namespaces:
+                # No pid namespace: killing init would not take the command
+                # with it. Its pid is a host pid here; hold a pidfd for it.
+                try:
+                    self._command_pidfd = os.pidfd_open(rec.value)
+                except OSError:
+                    pass
             return
         if rec is not None and rec.kind == _protocol.ERROR:
             op = None
@@ -272,7 +279,7 @@ class Sandbox:
         return self.returncode
 
     def _release(self) -> None:
-        for attr in ("_pidfd", "_report_fd"):
+        for attr in ("_pidfd", "_report_fd", "_command_pidfd"):
             fd = getattr(self, attr)
             if fd >= 0:
                 setattr(self, attr, -1)
@@ -324,6 +331,11 @@ class Sandbox:
         with self._lock:
             if self.returncode is not None or self._pidfd < 0:
                 return
+            if sig == signal.SIGKILL and self._command_pidfd >= 0:
+                try:
+                    signal.pidfd_send_signal(self._command_pidfd, sig)
+                except ProcessLookupError:
+                    pass
             try:
                 signal.pidfd_send_signal(self._pidfd, sig)
             except ProcessLookupError:
@@ -341,10 +353,12 @@ class Sandbox:
         with self._lock:
             if self._pidfd < 0:
                 return
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            for fd in (self._command_pidfd, self._pidfd):
+                if fd >= 0:
+                    try:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             self._finish(self._reap(block=True))
 
     # -- I/O -------------------------------------------------------------------

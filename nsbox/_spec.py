@@ -259,18 +259,28 @@ class Spec:
     pass_fds: tuple[int, ...] = ()
     rootfs: str | None = None
     mounts: tuple[Mount, ...] = ()
-    network: str = "none"
+    network: str | None = None
     hostname: str | None = None
     uid: int | None = None
     gid: int | None = None
     namespaces: frozenset[str] | None = None
 
     def __post_init__(self):
+        set_ = object.__setattr__
+        if self.network is None:
+            # Derived: no 'net' among explicit namespaces means the host's network.
+            explicit = self.namespaces
+            if isinstance(explicit, str):
+                explicit = [v for v in explicit.split(",") if v]
+            try:
+                shares = explicit is not None and "net" not in set(explicit)
+            except TypeError:
+                shares = False  # _namespaces reports the bad value
+            set_(self, "network", "host" if shares else "none")
         if not isinstance(self.network, str) or self.network not in NETWORK_MODES:
             raise SpecError(
                 f"unknown network mode {self.network!r} (known: {', '.join(NETWORK_MODES)})"
             )
-        set_ = object.__setattr__
         set_(self, "args", _args(self.args))
         set_(self, "env", _env(self.env))
         if self.cwd is not None:
@@ -317,6 +327,8 @@ def make_spec(args: Any, **options: Any) -> Spec:
         fields = {name: getattr(args, name) for name in SPEC_FIELDS}
         if "network" in options and "namespaces" not in options:
             fields["namespaces"] = None
+        if "namespaces" in options and "network" not in options:
+            fields["network"] = None
         fields.update(options)
         return Spec(**fields)
     return Spec(args, **options)

@@ -10,7 +10,11 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-PYTHON=${PYTHON:-python3}
+# Our own venv unless told otherwise: distributions' pythons refuse pip installs (PEP 668).
+if [ -z "${PYTHON:-}" ]; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    PYTHON=.venv/bin/python
+fi
 export NSBOX_MUST_WORK=${NSBOX_MUST_WORK:-0}
 export PYTHONDONTWRITEBYTECODE=1
 
