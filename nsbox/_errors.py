@@ -171,9 +171,18 @@ def describe_op(op: object) -> str:
     return str(op)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
+def oneline(text: str) -> str:
+    """`text` with control characters (newlines too) escaped: messages stay one line."""
+    return text.translate(_CONTROL)
+
+
 def setup_error(stage_no: int, err: int, op: object = None, command: str = "") -> SandboxSetupError:
     """The exception for a failure record from the child or from init."""
     stage = STAGE_NAMES.get(stage_no, f"stage-{stage_no}")
+    command = oneline(command)
     reason = os.strerror(err) if err > 0 else f"error {err}"
     if stage == "exec":
         if err == _errno.ENOENT:
@@ -184,7 +193,7 @@ def setup_error(stage_no: int, err: int, op: object = None, command: str = "") -
             err, f"nsbox: cannot execute {command}: {reason}", stage=stage, op=command
         )
     cls = _STAGE_CLASS.get(stage, SandboxSetupError)
-    where = f"{stage} ({describe_op(op)})" if op is not None else stage
+    where = f"{stage} ({oneline(describe_op(op))})" if op is not None else stage
     return cls(err, f"nsbox: setup failed at {where}: {reason}", stage=stage, op=op)
 
 

@@ -65,11 +65,15 @@ def _process_fds() -> tuple[int, int]:
 
 
 def _cstrings(items, keep: list):
+    """A NULL-terminated char *[] over one buffer holding every string."""
+    blob = b"".join(item + b"\0" for item in items)
+    buf = ffi.new("char[]", blob) if blob else ffi.NULL
     arr = ffi.new("char *[]", len(items) + 1)
+    off = 0
     for i, item in enumerate(items):
-        s = ffi.new("char[]", item if isinstance(item, bytes) else os.fsencode(item))
-        keep.append(s)
-        arr[i] = s
+        arr[i] = buf + off
+        off += len(item) + 1
+    keep.append(buf)
     keep.append(arr)
     return arr
 
@@ -80,6 +84,59 @@ def _cstr(value, keep: list):
     s = ffi.new("char[]", value if isinstance(value, bytes) else os.fsencode(value))
     keep.append(s)
     return s
+
+
+class _Packed:
+    """The parts of a plan's C structs that do not change between spawns.
+
+    Immutable once built, so one instance serves many spawns, also from
+    several threads at once.
+    """
+
+    __slots__ = ("keep", "argv", "envp", "mounts", "n_mounts", "root", "uid_map", "gid_map",
+                 "hostname", "cwd")
+
+    def __init__(self, plan: Plan):
+        keep: list = []
+        self.keep = keep
+        self.argv = [os.fsencode(a) for a in plan.argv]
+        self.envp = _cstrings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in plan.env], keep)
+        self.n_mounts = len(plan.mounts)
+        self.mounts = ffi.NULL
+        if plan.mounts:
+            mounts = ffi.new("struct nsbox_mount[]", len(plan.mounts))
+            keep.append(mounts)
+            for i, m in enumerate(plan.mounts):
+                c = mounts[i]
+                c.kind = m.kind
+                c.flags = m.flags
+                c.src = _cstr(m.src, keep)
+                c.dst = _cstr(m.dst.lstrip("/"), keep)
+                c.size = _cstr(None if m.size is None else str(m.size), keep)
+                c.mode = _cstr(None if m.mode is None else f"{m.mode:o}", keep)
+            self.mounts = mounts
+        self.root = _cstr(plan.root, keep)
+        self.uid_map = _cstr(plan.uid_map, keep)
+        self.gid_map = _cstr(plan.gid_map, keep)
+        self.hostname = _cstr(plan.hostname, keep)
+        self.cwd = _cstr(plan.cwd, keep)
+
+
+_packed: dict[Plan, _Packed] = {}
+_PACKED_MAX = 64
+
+
+def _pack(plan: Plan) -> _Packed:
+    packed = _packed.get(plan)
+    if packed is None:
+        packed = _Packed(plan)
+        if len(_packed) >= _PACKED_MAX:
+            try:
+                _packed.pop(next(iter(_packed)))
+            except (StopIteration, KeyError, RuntimeError):
+                pass
+        _packed[plan] = packed
+    return packed
 
 
 def spawn(
@@ -95,7 +152,8 @@ def spawn(
     after the clone arrive as records on the report pipe.
     """
     init_fd, self_pidfd = _process_fds()
-    keep: list = []
+    packed = _pack(plan)
+    keep: list = [packed]
     fail_stage, fail_errno = debug_fail or (-1, 0)
     init_flags = INIT_PID1 if "pid" in plan.namespaces else 0
     init_argv = [
@@ -106,14 +164,14 @@ def spawn(
         b"%d" % fail_stage,
         b"%d" % fail_errno,
         b"--",
-        *plan.argv,
+        *packed.argv,
     ]
     spec = ffi.new("struct nsbox_spec *")
     keep.append(spec)
     spec.abi_version = lib.NSBOX_ABI_VERSION
     spec.namespaces = plan.ns_bits
     spec.init_argv = _cstrings(init_argv, keep)
-    spec.envp = _cstrings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in plan.env], keep)
+    spec.envp = packed.envp
     spec.init_fd = init_fd
     spec.report_fd = report_fd
     spec.parent_pidfd = self_pidfd
@@ -123,27 +181,16 @@ def spawn(
     keep.append(keep_arr)
     spec.keep_fds = keep_arr
     spec.n_keep_fds = len(keep_fds)
-    spec.root = _cstr(plan.root, keep)
+    spec.root = packed.root
     spec.root_flags = 1 if plan.root_readonly else 0
-    if plan.mounts:
-        mounts = ffi.new("struct nsbox_mount[]", len(plan.mounts))
-        keep.append(mounts)
-        for i, m in enumerate(plan.mounts):
-            c = mounts[i]
-            c.kind = m.kind
-            c.flags = m.flags
-            c.src = _cstr(m.src, keep)
-            c.dst = _cstr(m.dst.lstrip("/"), keep)
-            c.size = _cstr(None if m.size is None else str(m.size), keep)
-            c.mode = _cstr(None if m.mode is None else f"{m.mode:o}", keep)
-        spec.mounts = mounts
-        spec.n_mounts = len(plan.mounts)
-    spec.uid_map = _cstr(plan.uid_map, keep)
-    spec.gid_map = _cstr(plan.gid_map, keep)
+    spec.mounts = packed.mounts
+    spec.n_mounts = packed.n_mounts
+    spec.uid_map = packed.uid_map
+    spec.gid_map = packed.gid_map
     spec.setid_uid = plan.setid_uid
     spec.setid_gid = plan.setid_gid
-    spec.hostname = _cstr(plan.hostname, keep)
-    spec.cwd = _cstr(plan.cwd, keep)
+    spec.hostname = packed.hostname
+    spec.cwd = packed.cwd
     spec.cwd_flags = 1 if plan.cwd_required else 0
     spec.debug_fail_stage = fail_stage
     spec.debug_fail_errno = fail_errno

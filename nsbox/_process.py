@@ -8,6 +8,7 @@ of them are released, and init is killed and reaped, on every path.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import selectors
@@ -58,6 +59,22 @@ def caller_context() -> dict:
         "caller_cwd": cwd,
         "environ": os.environ,
     }
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_plan(spec: Spec, uid: int, gid: int, cwd: str | None, environ: tuple) -> _plan.Plan:
+    return _plan.make_plan(spec, caller_uid=uid, caller_gid=gid, caller_cwd=cwd,
+                           environ=dict(environ))
+
+
+def plan_for(spec: Spec) -> _plan.Plan:
+    """make_plan for the calling process, memoized: a Spec run again costs no replanning."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    environ = tuple(os.environ.items()) if spec.env is None else ()
+    return _cached_plan(spec, os.geteuid(), os.getegid(), cwd, environ)
 
 
 def _status_to_returncode(status: int) -> int:
@@ -114,7 +131,7 @@ class Sandbox:
             stage, err = _debug_fail
             debug = (_errors.STAGE_NUMBERS[stage], err)
 
-        plan = _plan.make_plan(spec, **caller_context())
+        plan = plan_for(spec)
         child_fds: list[int] = []  # our copies of the child's ends, closed after spawn
         parent_fds: list[int] = []  # our ends, closed on failure
         try:

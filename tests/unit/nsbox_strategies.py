@@ -1,4 +1,4 @@
-"""Hypothesis strategies for nsbox's inputs: valid values, hostile values, junk.
+"""Hypothesis strategies for nsbox's inputs (valid values, hostile values, junk), and helpers.
 
 `cli=True` variants only produce what the CLI can express (see test_cli.py
 for the shapes it cannot, each shown by a strict xfail):
@@ -405,3 +405,26 @@ def anything_kwargs():
         "gid": hostile_ids(),
         "namespaces": hostile_namespaces(),
     })
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def each_raises(exc_type, cases, call) -> None:
+    """call(case) raises exc_type for every case; reports every case that did not.
+
+    One test over a table instead of one test per row: every test pays for the
+    autouse leak check (a gc.collect), so tables stay in one test.
+    """
+    wrong = []
+    for case in cases:
+        try:
+            call(case)
+        except exc_type as exc:
+            if not str(exc):
+                wrong.append((case, f"{type(exc).__name__} without a message"))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            wrong.append((case, f"{type(exc).__name__}: {exc}"))
+        else:
+            wrong.append((case, "no exception"))
+    assert not wrong, f"expected {exc_type.__name__} for: {wrong!r}"

@@ -95,13 +95,15 @@ def test_unnormalized_paths_are_normalized(raw):
     assert "/./" not in got + "/"
 
 
-@pytest.mark.parametrize("field", ["cwd", "rootfs"])
-@pytest.mark.parametrize(
-    "bad", ["relative", "./x", "", "/a/../b", "/..", "/a\0b", "/" + "x" * 5000, 5, True, b"rel"]
-)
-def test_bad_paths_are_spec_errors(field, bad):
-    with pytest.raises(SpecError):
-        Spec(["true"], **{field: bad})
+BAD_PATHS = ["relative", "./x", "", "/a/../b", "/..", "/a\0b", "/" + "x" * 5000, 5, True, b"rel"]
+
+
+def test_bad_paths_are_spec_errors():
+    for field in ("cwd", "rootfs"):
+        S.each_raises(SpecError, BAD_PATHS, lambda bad, f=field: Spec(["true"], **{f: bad}))
+    S.each_raises(SpecError, BAD_PATHS, lambda bad: Bind(bad, "/x"))
+    S.each_raises(SpecError, BAD_PATHS, lambda bad: Bind("/x", bad))
+    S.each_raises(SpecError, BAD_PATHS, lambda bad: Tmpfs(bad))
 
 
 def test_relative_cwd_names_the_value():
@@ -140,12 +142,10 @@ def test_hostname_of_64_bytes_is_accepted_65_is_not():
         Spec(["true"], hostname=name65)
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "-a", "a-", "a..b", "a.", ".a", "a_b", "a b", "é", "a\n", "a" * 64, 5, b"ab", None]
-)
-def test_bad_hostnames(bad):
-    with pytest.raises(SpecError):
-        Spec(["true"], hostname=bad)
+def test_bad_hostnames():
+    bad = ["", "-a", "a-", "a..b", "a.", ".a", "a_b", "a b", "é", "a\n", "a" * 64, 5, b"ab",
+           ["a"]]
+    S.each_raises(SpecError, bad, lambda h: Spec(["true"], hostname=h))
 
 
 def test_hostname_needs_uts_namespace():
@@ -156,10 +156,9 @@ def test_hostname_needs_uts_namespace():
 # -- argv and env ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [[], (), [""], ["a\0b"], ["ls", "x\0"], [None], [1], None, 5])
-def test_bad_argv(bad):
-    with pytest.raises(SpecError):
-        Spec(bad)
+def test_bad_argv():
+    bad = [[], (), [""], ["a\0b"], ["ls", "x\0"], [None], [1], None, 5, [""] * 2]
+    S.each_raises(SpecError, bad, Spec)
 
 
 def test_argv_forms():
@@ -168,24 +167,10 @@ def test_argv_forms():
     assert Spec([b"/bin/\xff", pathlib.Path("/x")]).args == ("/bin/\udcff", "/x")
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"A=B": "1"},
-        {"": "1"},
-        {"A\0": "1"},
-        {"A": "v\0"},
-        {"A": 1},
-        {1: "a"},
-        [("A",)],
-        [("A", "1", "2")],
-        5,
-        [1],
-    ],
-)
-def test_bad_env(bad):
-    with pytest.raises(SpecError):
-        Spec(["true"], env=bad)
+def test_bad_env():
+    bad = [{"A=B": "1"}, {"": "1"}, {"A\0": "1"}, {"A": "v\0"}, {"A": 1}, {1: "a"}, [("A",)],
+           [("A", "1", "2")], 5, [1], "A=1"]
+    S.each_raises(SpecError, bad, lambda env: Spec(["true"], env=env))
 
 
 def test_env_forms():
@@ -205,29 +190,25 @@ def test_ids(value):
     assert (got is not None) == ok
 
 
-@pytest.mark.parametrize("bad", [-1, MAX_ID + 1, 2**32, True, False, 1.0, "0"])
-@pytest.mark.parametrize("field", ["uid", "gid"])
-def test_bad_ids(field, bad):
-    with pytest.raises(SpecError, match=field):
-        Spec(["true"], **{field: bad})
+def test_bad_ids():
+    bad = [-1, MAX_ID + 1, 2**32, True, False, 1.0, "0"]
+    for field in ("uid", "gid"):
+        S.each_raises(SpecError, bad, lambda v, f=field: Spec(["true"], **{f: v}))
+    assert Spec(["true"], uid=MAX_ID, gid=0).uid == MAX_ID
 
 
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [("64M", 64 << 20), ("1g", 1 << 30), ("512KiB", 512 << 10), ("10", 10), (" 2 T ", 2 << 40),
-     ("3mb", 3 << 20), (4096, 4096)],
-)
-def test_parse_size_examples(text, value):
-    assert parse_size(text) == value
+def test_parse_size_examples():
+    table = [("64M", 64 << 20), ("1g", 1 << 30), ("512KiB", 512 << 10), ("10", 10),
+             (" 2 T ", 2 << 40), ("3mb", 3 << 20), ("1kB", 1024), (4096, 4096)]
+    assert [(text, parse_size(text)) for text, _ in table] == table
 
 
-@pytest.mark.parametrize("bad", ["12Q", 0, -1, "0", "-5M", "", "1.5M", 1.5, True, None, 2**63,
-                                 "9" * 30, "９"])
-def test_bad_sizes(bad):
-    with pytest.raises(SpecError):
-        parse_size(bad)
-    with pytest.raises(SpecError, match="tmpfs size"):
-        Tmpfs("/x", size=bad)
+def test_bad_sizes():
+    bad = ["12Q", 0, -1, "0", "-5M", "", "1.5M", 1.5, True, 2**63, "9" * 30, "９", "M", "1e6"]
+    S.each_raises(SpecError, bad, parse_size)
+    S.each_raises(SpecError, bad, lambda size: Tmpfs("/x", size=size))
+    with pytest.raises(SpecError, match="tmpfs size.*12Q"):
+        Tmpfs("/x", size="12Q")
 
 
 @given(S.size_strings())
@@ -247,10 +228,11 @@ def test_any_size_is_bytes_or_spec_error(value):
         assert type(got) is int and 0 < got < 2**63
 
 
-@pytest.mark.parametrize("bad", ["bogus", "", "NONE", None, 1, ["none"]])
-def test_bad_network(bad):
-    with pytest.raises(SpecError, match="network"):
-        Spec(["true"], network=bad)
+def test_bad_network():
+    S.each_raises(SpecError, ["bogus", "", "NONE", None, 1, ["none"]],
+                  lambda n: Spec(["true"], network=n))
+    with pytest.raises(SpecError, match="network.*'bogus'"):
+        Spec(["true"], network="bogus")
 
 
 def test_network_and_net_namespace():
@@ -262,10 +244,9 @@ def test_network_and_net_namespace():
         Spec(["true"], network="none", namespaces=["user"])
 
 
-@pytest.mark.parametrize("bad", [["bogus"], "user,bogus", ["USER"], 5, [None]])
-def test_bad_namespaces(bad):
-    with pytest.raises(SpecError):
-        Spec(["true"], namespaces=bad)
+def test_bad_namespaces():
+    S.each_raises(SpecError, [["bogus"], "user,bogus", ["USER"], 5, [None], "net,,bogus"],
+                  lambda ns: Spec(["true"], namespaces=ns))
 
 
 def test_namespace_forms():
@@ -294,26 +275,19 @@ def test_bind_defaults_and_normalization():
     assert Tmpfs("/scratch").mode == 0o755
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
+def test_bad_mounts():
+    makers = [
         lambda: Bind("/"),  # target '/' (use rootfs=)
         lambda: Bind("/a", "/"),
-        lambda: Bind("rel"),
-        lambda: Bind("/a", "rel"),
+        lambda: Bind("/a", "/."),
         lambda: Bind("/a", readonly="yes"),
-        lambda: Bind("/a\0"),
         lambda: Tmpfs("/"),
-        lambda: Tmpfs("tmp"),
         lambda: Tmpfs("/x", mode=0o10000),
         lambda: Tmpfs("/x", mode=-1),
         lambda: Tmpfs("/x", mode=True),
-        lambda: Tmpfs("/x", size="12Q"),
-    ],
-)
-def test_bad_mounts(make):
-    with pytest.raises(SpecError):
-        make()
+        lambda: Tmpfs("/x", mode="755"),
+    ]
+    S.each_raises(SpecError, makers, lambda make: make())
 
 
 def test_two_mounts_at_one_target():
@@ -328,10 +302,9 @@ def test_mounts_need_the_mount_namespace():
         Spec(["true"], rootfs="/", namespaces=["user", "net"])
 
 
-@pytest.mark.parametrize("bad", [5, "abc", [object()], [("/a", "/b")]])
-def test_bad_mount_containers(bad):
-    with pytest.raises(SpecError):
-        Spec(["true"], mounts=bad)
+def test_bad_mount_containers():
+    S.each_raises(SpecError, [5, "abc", [object()], [("/a", "/b")], {"/a": "/b"}],
+                  lambda mounts: Spec(["true"], mounts=mounts))
 
 
 def test_pass_fds():
