@@ -701,38 +701,45 @@ def machine_info() -> dict:
     return info
 
 
-def cpu_times() -> tuple[float, float, float] | None:
-    """(machine busy CPU seconds, our own CPU seconds incl. reaped children, monotonic)."""
+def cpu_times() -> tuple[float, float, float, float, float] | None:
+    """(machine user s, machine system s, our user s, our system s, monotonic s).
+
+    "Our" includes every child we reaped (and what they reaped), so it covers
+    the sandboxes, the floor, the workers and the tools we ran.
+    """
     try:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
+            v = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     hz = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = (sum(fields[:8]) - idle) / hz  # up to steal; guest time is inside user
-    own = sum(
-        getattr(resource.getrusage(who), f)
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-        for f in ("ru_utime", "ru_stime")
-    )
-    return busy, own, time.monotonic()
+    user = (v[0] + v[1]) / hz  # user + nice (guest time is inside user)
+    system = (v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / hz  # sys, irq, softirq, steal
+    own_user = own_sys = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        own_user += ru.ru_utime
+        own_sys += ru.ru_stime
+    return user, system, own_user, own_sys, time.monotonic()
 
 
-def other_cpu_share(mark: tuple[float, float, float] | None) -> float | None:
-    """Share of all usable CPUs that processes other than ours used since mark.
+def other_cpu_share(mark: tuple | None) -> dict[str, float] | None:
+    """Shares of all usable CPUs used since mark by others: {"user": .., "system": ..}.
 
-    Kernel work we cause asynchronously (e.g. network namespace clean-up in
-    kworkers) counts as "other", so an idle machine shows a few percent.
+    "system" also holds kernel work that our runs cause asynchronously (network
+    and mount namespace tear-down in kworkers, bwrap's in particular), so only
+    "user" says whether another program was competing with us.
     """
     now = cpu_times()
-    if mark is None or now is None or now[2] <= mark[2]:
+    if mark is None or now is None or now[4] <= mark[4]:
         return None
-    other = (now[0] - mark[0]) - (now[1] - mark[1])
-    return max(0.0, other / ((now[2] - mark[2]) * len(os.sched_getaffinity(0))))
+    capacity = (now[4] - mark[4]) * len(os.sched_getaffinity(0))
+    user = (now[0] - mark[0]) - (now[2] - mark[2])
+    system = (now[1] - mark[1]) - (now[3] - mark[3])
+    return {"user": max(0.0, user / capacity), "system": max(0.0, system / capacity)}
 
 
-def wait_idle(limit: float, threshold: float = 0.10, window: float = 2.0) -> float | None:
+def wait_idle(limit: float, threshold: float = 0.10, window: float = 2.0) -> dict | None:
     """Wait (at most limit s) until others use < threshold of the CPUs over a window."""
     end = time.monotonic() + limit
     share = None
@@ -740,7 +747,7 @@ def wait_idle(limit: float, threshold: float = 0.10, window: float = 2.0) -> flo
         mark = cpu_times()
         time.sleep(window)
         share = other_cpu_share(mark)
-        if share is None or share < threshold:
+        if share is None or share["user"] + share["system"] < threshold:
             break
     return share
 
@@ -781,6 +788,15 @@ def measure(
     finally:
         gc.enable()
     return info
+
+
+def pct_of(share: dict | None) -> str:
+    if share is None:
+        return "?"
+    return (
+        f"user {100 * share['user']:.0f}%, system {100 * share['system']:.0f}% "
+        "(incl. kernel clean-up we cause)"
+    )
 
 
 def fmt(x: float | None, spec: str = ".3f") -> str:
@@ -1090,7 +1106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.wait_idle > 0:
         share = wait_idle(args.wait_idle)
         machine["other_cpu_share_before"] = share
-        print(f"waited for an idle machine: others at {fmt(share and 100 * share, '.0f')}%")
+        print(f"waited for an idle machine: others at {pct_of(share)}")
         t_start = time.monotonic()  # the waiting is not part of the run's time bound
         deadline = t_start + args.max_seconds
     cpu_mark = cpu_times()
@@ -1166,16 +1182,15 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_end"] = os.getloadavg()
     others = other_cpu_share(cpu_mark)
     machine["other_cpu_share"] = others
-    busy = others is not None and others > 0.15
     print(
         f"load average (1 min) {machine['loadavg_start'][0]:.2f} at start, "
-        f"{machine['loadavg_end'][0]:.2f} at end; CPU used by other processes during the "
-        f"run: {fmt(None if others is None else 100 * others, '.0f')}% of "
-        f"{machine['cpus_usable']} CPUs"
+        f"{machine['loadavg_end'][0]:.2f} at end; CPU used by others during the run, "
+        f"share of {machine['cpus_usable']} CPUs: {pct_of(others)}"
         + (
-            "\nWARNING: busy machine. Variants that hand work between processes (nsbox, "
-            "unshare, bwrap) suffer more from CPU contention than the floor: rerun when idle"
-            if busy
+            "\nWARNING: other programs were busy. Variants that hand work between "
+            "processes (nsbox, unshare, bwrap) suffer more from CPU contention than the "
+            "floor: rerun when idle (--wait-idle helps)"
+            if others is not None and others["user"] > 0.10
             else ""
         )
     )

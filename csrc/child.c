@@ -537,10 +537,12 @@ static void set_ids(const struct nsbox_spec *s)
     TRY(s, NSBOX_STAGE_SETID, 0, (int)syscall(SYS_setgroups, 0, NULL));
     if (s->setid_gid >= 0)
         TRY(s, NSBOX_STAGE_SETID, 0,
-            (int)syscall(SYS_setresgid, s->setid_gid, s->setid_gid, s->setid_gid));
+            (int)syscall(SYS_setresgid, (gid_t)s->setid_gid, (gid_t)s->setid_gid,
+                         (gid_t)s->setid_gid));
     if (s->setid_uid >= 0)
         TRY(s, NSBOX_STAGE_SETID, 0,
-            (int)syscall(SYS_setresuid, s->setid_uid, s->setid_uid, s->setid_uid));
+            (int)syscall(SYS_setresuid, (uid_t)s->setid_uid, (uid_t)s->setid_uid,
+                         (uid_t)s->setid_uid));
 }
 
 /* stdio onto 0-2, then every other fd close-on-exec except those to keep. */

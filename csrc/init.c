@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "nsbox.h"
@@ -42,6 +43,58 @@ static long parse_int(const char *s)
     while (*s >= '0' && *s <= '9')
         v = v * 10 + (*s++ - '0');
     return neg ? -v : v;
+}
+
+/*
+ * execve the command, searching PATH (from its own environment) when it has
+ * no '/'. Returns the errno to report: ENOENT only if the command exists
+ * nowhere (an unsearchable PATH directory is not "found but not executable",
+ * unlike execvpe's rule), EACCES if some candidate exists but cannot run.
+ * No shell fallback for ENOEXEC, as in Python's subprocess.
+ */
+static int exec_command(char **cmd)
+{
+    const char *file = cmd[0];
+    if (strchr(file, '/')) {
+        execve(file, cmd, environ);
+        return errno;
+    }
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/bin:/usr/bin";
+    size_t flen = strlen(file);
+    int result = ENOENT;
+    char buf[4096];
+    for (const char *p = path;; p++) {
+        const char *end = strchr(p, ':');
+        size_t dlen = end ? (size_t)(end - p) : strlen(p);
+        if (dlen == 0) {
+            buf[0] = '.';
+            dlen = 1;
+        } else if (dlen + flen + 2 <= sizeof buf) {
+            memcpy(buf, p, dlen);
+        } else {
+            dlen = 0;
+        }
+        if (dlen && dlen + flen + 2 <= sizeof buf) {
+            buf[dlen] = '/';
+            memcpy(buf + dlen + 1, file, flen + 1);
+            execve(buf, cmd, environ);
+            int err = errno;
+            struct stat st;
+            if (err == EACCES) {
+                if (stat(buf, &st) == 0)
+                    result = EACCES; /* there, but not executable: keep looking */
+            } else if (err != ENOENT && err != ENOTDIR && err != ESTALE && err != ENODEV &&
+                       err != ELOOP && err != ENAMETOOLONG) {
+                return err; /* found, and it failed for a reason of its own */
+            }
+        }
+        if (!end)
+            break;
+        p = end;
+    }
+    return result;
 }
 
 static void report(int kind, int stage, int err, int value)
@@ -120,8 +173,8 @@ int main(int argc, char **argv)
         pid = vfork();
         if (pid == 0) {
             sigprocmask(SIG_SETMASK, &none, NULL);
-            execvpe(cmd[0], cmd, environ);
-            exec_errno = errno ? errno : ENOEXEC;
+            int err = exec_command(cmd);
+            exec_errno = err ? err : ENOEXEC;
             _exit(127);
         }
         if (pid < 0)

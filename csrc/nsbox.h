@@ -101,8 +101,8 @@ struct nsbox_spec {
     uint32_t n_mounts;
     const char *uid_map;           /* written to /proc/self/uid_map (userns) */
     const char *gid_map;
-    int32_t setid_uid;             /* without userns: setresuid to this, or -1 */
-    int32_t setid_gid;
+    int64_t setid_uid;             /* without userns: setresuid to this, or -1 */
+    int64_t setid_gid;
     const char *hostname;          /* or NULL */
     const char *cwd;               /* or NULL: / */
     uint32_t cwd_flags;            /* NSBOX_CWD_* */

@@ -54,15 +54,41 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(message)
 
 
-def _bind_arg(value: str) -> tuple[str, str]:
-    src, sep, dst = value.partition(":")
-    if not src:
+def _split_colon(value: str) -> list[str]:
+    r"""Split on ':'; '\:' is a literal colon and '\\' a literal backslash."""
+    parts, cur, i = [], [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value) and value[i + 1] in ":\\":
+            cur.append(value[i + 1])
+            i += 2
+            continue
+        if c == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def _escape_colon(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _bind_arg(value: str) -> tuple[str, str | None]:
+    parts = _split_colon(value)
+    if not parts[0] or len(parts) > 2:
         raise argparse.ArgumentTypeError(f"expected SRC[:DST], got {value!r}")
-    return src, (dst if sep else src)
+    return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
 def _tmpfs_arg(value: str) -> tuple[str, str | None, int | None]:
-    dst, _, opts = value.partition(":")
+    parts = _split_colon(value)
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected DST[:size=N,mode=M], got {value!r}")
+    dst, opts = parts[0], (parts[1] if len(parts) == 2 else "")
     size = mode = None
     for opt in filter(None, opts.split(",")):
         key, sep, val = opt.partition("=")
@@ -78,6 +104,15 @@ def _tmpfs_arg(value: str) -> tuple[str, str | None, int | None]:
                 f"unknown tmpfs option {opt!r} (expected size=N or mode=OCTAL)"
             )
     return dst, size, mode
+
+
+class _MountAction(argparse.Action):
+    """--bind/--ro-bind/--tmpfs append to one list, so their order is kept."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        mounts = list(getattr(namespace, "mounts", None) or [])
+        mounts.append((self.const, values))
+        namespace.mounts = mounts
 
 
 def _int_arg(value: str) -> int:
@@ -109,14 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     fs = run.add_argument_group("filesystem")
     fs.add_argument("--rootfs", metavar="DIR",
                     help="use DIR (read-only) as / instead of the host's root")
-    fs.add_argument("--bind", metavar="SRC[:DST]", action="append", type=_bind_arg, default=[],
-                    dest="mounts_rw",
+    fs.add_argument("--bind", metavar="SRC[:DST]", action=_MountAction, const="bind",
+                    type=_bind_arg, dest="mounts",
                     help="bind host path SRC read-write at DST (default: the same path); "
-                         "a missing DST is created in the sandbox's view only")
-    fs.add_argument("--ro-bind", metavar="SRC[:DST]", action="append", type=_bind_arg,
-                    default=[], dest="mounts_ro", help="like --bind, read-only")
-    fs.add_argument("--tmpfs", metavar="DST[:size=N,mode=M]", action="append", type=_tmpfs_arg,
-                    default=[], help="a fresh tmpfs at DST, size in bytes or like 64M, octal mode")
+                         "a missing DST is created in the sandbox's view only; write '\\:' "
+                         "for a ':' in a path")
+    fs.add_argument("--ro-bind", metavar="SRC[:DST]", action=_MountAction, const="ro-bind",
+                    type=_bind_arg, dest="mounts", help="like --bind, read-only")
+    fs.add_argument("--tmpfs", metavar="DST[:size=N,mode=M]", action=_MountAction,
+                    const="tmpfs", type=_tmpfs_arg, dest="mounts",
+                    help="a fresh tmpfs at DST, size in bytes or like 64M, octal mode")
     fs.add_argument("--chdir", metavar="DIR",
                     help="working directory inside (default: the current one if it exists "
                          "inside, else /)")
@@ -174,12 +211,15 @@ def parse_run(argv: list[str]):
     if not cmd:
         raise CliError("no command given (usage: python -m nsbox run [options] -- CMD [ARGS...])")
     mounts: list[Any] = []
-    for src, dst in ns.mounts_rw:
-        mounts.append(Bind(os.path.abspath(src), dst))
-    for src, dst in ns.mounts_ro:
-        mounts.append(Bind(os.path.abspath(src), dst, readonly=True))
-    for dst, size, mode in ns.tmpfs:
-        mounts.append(Tmpfs(dst, size=size) if mode is None else Tmpfs(dst, size=size, mode=mode))
+    for kind, value in ns.mounts or ():
+        if kind == "tmpfs":
+            dst, size, mode = value
+            mounts.append(Tmpfs(dst, size=size) if mode is None else
+                          Tmpfs(dst, size=size, mode=mode))
+        else:
+            src, dst = value
+            src = os.path.abspath(src)  # host paths may be relative to the caller's cwd
+            mounts.append(Bind(src, src if dst is None else dst, readonly=kind == "ro-bind"))
     spec = Spec(
         cmd,
         env=_env_from(ns),
@@ -199,36 +239,38 @@ def spec_to_argv(spec) -> list[str]:
     """The `run` options that rebuild `spec` (parse_run(spec_to_argv(s))[0] == s)."""
     from ._spec import NAMESPACES, Bind
 
+    # --opt=value throughout: a value starting with '-' is never taken for an option.
     argv: list[str] = []
     if spec.rootfs:
-        argv += ["--rootfs", spec.rootfs]
+        argv.append(f"--rootfs={spec.rootfs}")
     for m in spec.mounts:
         if isinstance(m, Bind):
-            argv += ["--ro-bind" if m.readonly else "--bind", f"{m.src}:{m.dst}"]
+            kind = "--ro-bind" if m.readonly else "--bind"
+            argv.append(f"{kind}={_escape_colon(m.src)}:{_escape_colon(m.dst)}")
         else:
             opts = []
             if m.size is not None:
                 opts.append(f"size={m.size}")
             if m.mode != 0o755:
                 opts.append(f"mode={m.mode:o}")
-            argv += ["--tmpfs", m.dst + (":" + ",".join(opts) if opts else "")]
+            argv.append(f"--tmpfs={_escape_colon(m.dst)}" + (":" + ",".join(opts) if opts else ""))
     if spec.cwd:
-        argv += ["--chdir", spec.cwd]
+        argv.append(f"--chdir={spec.cwd}")
     if spec.network != "none":
-        argv += ["--network", spec.network]
+        argv.append(f"--network={spec.network}")
     if spec.hostname:
-        argv += ["--hostname", spec.hostname]
+        argv.append(f"--hostname={spec.hostname}")
     if spec.uid is not None:
-        argv += ["--uid", str(spec.uid)]
+        argv.append(f"--uid={spec.uid}")
     if spec.gid is not None:
-        argv += ["--gid", str(spec.gid)]
+        argv.append(f"--gid={spec.gid}")
     default_ns = set(NAMESPACES) - ({"net"} if spec.network == "host" else set())
     if set(spec.namespaces) != default_ns:
-        argv += ["--namespaces", ",".join(n for n in NAMESPACES if n in spec.namespaces)]
+        argv.append("--namespaces=" + ",".join(n for n in NAMESPACES if n in spec.namespaces))
     if spec.env is not None:
         argv.append("--clearenv")
         for key, value in spec.env:
-            argv += ["--env", f"{key}={value}"]
+            argv.append(f"--env={key}={value}")
     return [*argv, "--", *spec.args]
 
 

@@ -171,7 +171,9 @@ def describe_op(op: object) -> str:
     return str(op)
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+# Control characters and every other line break str.splitlines() knows.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127, 0x85]}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029)})
 
 
 def oneline(text: str) -> str:

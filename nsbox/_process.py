@@ -230,7 +230,8 @@ class Sandbox:
         if rec is not None and rec.kind == _protocol.ERROR:
             op = None
             if rec.stage == _errors.STAGE_NUMBERS["mount"] and 0 <= rec.index < len(plan.mounts):
-                op = plan.mounts[rec.index]
+                # The spec's own Bind/Tmpfs, or the description of a default mount.
+                op = plan.mounts[rec.index].origin
             elif rec.stage == _errors.STAGE_NUMBERS["chdir"]:
                 op = f"cwd {plan.cwd}"
             elif rec.stage == _errors.STAGE_NUMBERS["hostname"]:

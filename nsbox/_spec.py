@@ -23,9 +23,10 @@ NETWORK_MODES = ("none", "host")
 PATH_MAX = 4096
 HOST_NAME_MAX = 64
 MAX_ID = 2**32 - 2  # (uid_t)-1 is "no id"
+MAX_FD = 2**31 - 1
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
-_SIZE = re.compile(r"([0-9]+)\s*([kmgtKMGT]?)(?:i?[bB])?\Z")
+_SIZE = re.compile(r"([0-9]{1,20})\s*([kmgtKMGT]?)(?:i?[bB])?\Z")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -41,6 +42,10 @@ def _fs(value: Any, what: str) -> str:
         value = os.fsdecode(value)
     if "\0" in value:
         raise SpecError(f"{what} contains a NUL byte: {value!r}")
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        raise SpecError(f"{what} cannot be encoded for the kernel: {value!r}") from None
     return value
 
 
@@ -70,7 +75,9 @@ def check_hostname(value: Any) -> str:
         raise SpecError(f"hostname must be a string, not {type(value).__name__}")
     if not value:
         raise SpecError("hostname must not be empty")
-    if len(value.encode("utf-8", "surrogateescape")) > HOST_NAME_MAX:
+    if not value.isascii():
+        raise SpecError(f"hostname {value!r} is not a valid host name (ASCII only)")
+    if len(value) > HOST_NAME_MAX:
         raise SpecError(f"hostname is longer than {HOST_NAME_MAX} bytes: {value!r}")
     if not all(_HOST_LABEL.match(label) for label in value.split(".")):
         raise SpecError(
@@ -198,8 +205,8 @@ def _pass_fds(value: Any) -> tuple[int, ...]:
     except TypeError:
         raise SpecError(f"pass_fds must be a sequence of fds, not {value!r}") from None
     for fd in fds:
-        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
-            raise SpecError(f"pass_fds must hold non-negative integers: {fd!r}")
+        if isinstance(fd, bool) or not isinstance(fd, int) or not 0 <= fd <= MAX_FD:
+            raise SpecError(f"pass_fds must hold fd numbers between 0 and {MAX_FD}: {fd!r}")
     return tuple(sorted({fd for fd in fds if fd > 2}))
 
 
@@ -267,15 +274,20 @@ class Spec:
 
     def __post_init__(self):
         set_ = object.__setattr__
+        explicit = self.namespaces
+        if isinstance(explicit, str):
+            explicit = [v for v in explicit.split(",") if v]
+        if explicit is not None:
+            try:
+                explicit = tuple(explicit)  # an iterator must be read once only
+            except TypeError:
+                raise SpecError(
+                    f"namespaces must be a collection of names, not {explicit!r}"
+                ) from None
+            set_(self, "namespaces", explicit)
         if self.network is None:
             # Derived: no 'net' among explicit namespaces means the host's network.
-            explicit = self.namespaces
-            if isinstance(explicit, str):
-                explicit = [v for v in explicit.split(",") if v]
-            try:
-                shares = explicit is not None and "net" not in set(explicit)
-            except TypeError:
-                shares = False  # _namespaces reports the bad value
+            shares = explicit is not None and "net" not in explicit
             set_(self, "network", "host" if shares else "none")
         if not isinstance(self.network, str) or self.network not in NETWORK_MODES:
             raise SpecError(
@@ -308,11 +320,17 @@ class Spec:
         return None if self.env is None else dict(self.env)
 
     def replace(self, **changes: Any) -> Spec:
-        """A copy with some options changed (validated again)."""
-        return make_spec(self, **changes)
+        """A copy with some fields changed (args too), validated again."""
+        args = changes.pop("args", self.args)
+        return make_spec(self if args is self.args else Spec(args, **_fields(self, "args")),
+                         **changes)
 
 
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))
+
+
+def _fields(spec: Spec, *skip: str) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in SPEC_FIELDS if name not in skip}
 SPEC_OPTIONS = frozenset(SPEC_FIELDS) - {"args"}
 
 
@@ -324,7 +342,7 @@ def make_spec(args: Any, **options: Any) -> Spec:
     if isinstance(args, Spec):
         if not options:
             return args
-        fields = {name: getattr(args, name) for name in SPEC_FIELDS}
+        fields = _fields(args)
         if "network" in options and "namespaces" not in options:
             fields["namespaces"] = None
         if "namespaces" in options and "network" not in options:

@@ -37,7 +37,7 @@ def need(ok: bool, why: str) -> None:
     pytest.skip(why)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def userns_problem() -> str | None:
     """None if a default sandbox starts here, else why not."""
     try:

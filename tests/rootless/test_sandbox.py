@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -69,6 +70,18 @@ def test_communicate_text():
     assert err is None
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: text=True with bufsize=1 (line buffering, fine for "
+                   "Popen) opens the binary stream with buffering=1 and emits RuntimeWarning")
+def test_line_buffered_text_streams_do_not_warn():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with nsbox.Sandbox(["cat"], stdin=nsbox.PIPE, stdout=nsbox.PIPE, text=True,
+                           bufsize=1) as box:
+            out, _ = box.communicate("x\n", timeout=20)
+    assert out == "x\n"
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
 def test_communicate_timeout_then_retry(sleep_marker):
     with nsbox.Sandbox(["sh", "-c", f"echo partial; sleep {sleep_marker}"],
                        stdout=nsbox.PIPE) as box:
@@ -88,7 +101,7 @@ def test_communicate_without_pipes():
 
 def test_streams_like_popen():
     with nsbox.Sandbox(["sh", "-c", "while read l; do echo \"got $l\"; done"],
-                       stdin=nsbox.PIPE, stdout=nsbox.PIPE, text=True, bufsize=1) as box:
+                       stdin=nsbox.PIPE, stdout=nsbox.PIPE, text=True) as box:
         box.stdin.write("one\n")
         box.stdin.flush()
         assert box.stdout.readline() == "got one\n"
@@ -194,6 +207,9 @@ def test_sandbox_repr_and_args():
     assert "nsbox.Sandbox" in repr(box)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: Sandbox.wait() without a timeout holds the handle's "
+                   "lock while blocked in waitid, so send_signal/terminate/kill from another "
+                   "thread block until the sandbox exits")
 def test_wait_in_one_thread_terminate_from_another(sleep_marker):
     """Popen allows this: wait() blocks in one thread while another sends SIGTERM."""
     box = nsbox.Sandbox(trap_script("TERM", 7, sleep_marker), stdout=nsbox.PIPE)
@@ -205,7 +221,7 @@ def test_wait_in_one_thread_terminate_from_another(sleep_marker):
         time.sleep(0.2)  # the waiter is blocked in wait()
         sender = threading.Thread(target=box.terminate, daemon=True)
         sender.start()
-        sender.join(5)
+        sender.join(3)
         stuck = sender.is_alive()
         if stuck:  # unblock everything before failing
             os.kill(box.pid, signal.SIGKILL)
@@ -217,23 +233,53 @@ def test_wait_in_one_thread_terminate_from_another(sleep_marker):
         box.close()
 
 
+class _Deadlock(Exception):
+    pass
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a signal handler calling send_signal() while the "
+                   "main thread is in Sandbox.wait() deadlocks on the handle's lock (this is "
+                   "what `python -m nsbox run` does without --timeout)")
 def test_send_signal_from_signal_handler_during_wait(sleep_marker):
     """A Python signal handler that forwards to the sandbox while wait() blocks (as the CLI
     does) must not deadlock."""
     box = nsbox.Sandbox(trap_script("TERM", 7, sleep_marker), stdout=nsbox.PIPE)
-    previous = signal.signal(signal.SIGALRM, lambda *_: box.terminate())
-    watchdog = threading.Timer(5, lambda: os.kill(box.pid, signal.SIGKILL))
+
+    def escape(*_):
+        raise _Deadlock
+
+    def watchdog():
+        # Still stuck: kill the sandbox, then break the main thread out of the handler.
+        os.kill(box.pid, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = {
+        signal.SIGUSR1: signal.signal(signal.SIGUSR1, lambda *_: box.terminate()),
+        signal.SIGUSR2: signal.signal(signal.SIGUSR2, escape),
+    }
+    trigger = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
+    dog = threading.Timer(3, watchdog)
+    code = None
     try:
         wait_ready(box)
-        watchdog.start()
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        code = box.wait()
-        assert code == 7
+        trigger.start()
+        dog.start()
+        try:
+            code = box.wait()
+        except _Deadlock:
+            code = "deadlock"
+        dog.cancel()
+        dog.join()
     finally:
-        watchdog.cancel()
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        box.close()
+        trigger.cancel()
+        dog.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            box.close()
+        except _Deadlock:  # pragma: no cover - the watchdog fired late
+            pass
+    assert code == 7
 
 
 # -- threads ---------------------------------------------------------------------------

@@ -1,15 +1,7 @@
 """Hypothesis strategies for nsbox's inputs (valid values, hostile values, junk), and helpers.
 
-`cli=True` variants only produce what the CLI can express (see test_cli.py
-for the shapes it cannot, each shown by a strict xfail):
-- no ':' in bind sources or tmpfs targets (SRC[:DST] and DST[:opts] syntax);
-- no environment names starting with '-' (argparse takes them for options);
-- no pass_fds (the CLI has no such option);
-- mounts grouped as --bind, then --ro-bind, then --tmpfs (parse_run regroups).
-
-Known bugs kept out of the "valid or SpecError" strategies (strict xfails in
-test_spec.py): lone surrogates other than surrogateescape's U+DC80-U+DCFF,
-and size strings of more than 4300 digits.
+`cli=True` variants only produce what the CLI can express: no pass_fds (the
+CLI has no such option).
 """
 
 from __future__ import annotations
@@ -51,7 +43,7 @@ _WORDS = ["a", "b", "c", "dev", "proc", "tmp", "etc", "x y", "é", "data"]
 
 @functools.cache
 def components(cli: bool = False):
-    exclude = "/:" if cli else "/"
+    exclude = "/"  # ':' too: the CLI escapes it as '\\:'
     general = safe_text(exclude, min_size=1, max_size=6).filter(lambda s: s not in (".", ".."))
     return st.one_of(st.sampled_from(_WORDS), st.sampled_from(_WORDS), general)
 
@@ -85,7 +77,8 @@ def raw_abs_paths(draw):
 @functools.cache
 def hostile_paths():
     """Anything path-like, valid or not (no lone surrogates: a known bug)."""
-    pieces = st.sampled_from(["", ".", "..", "a", "b c", "\0", "é", "x" * 300, "\udcff", ":"])
+    pieces = st.sampled_from(["", ".", "..", "a", "b c", "\0", "é", "x" * 300, "\udcff", ":",
+                              "\ud800"])
     joined = st.builds(
         lambda lead, parts: lead + "/".join(parts),
         st.sampled_from(["", "/", "//", "./", "../"]),
@@ -111,7 +104,10 @@ def path_oracle(value) -> str | None:
         return None
     if not value.startswith("/") or "\0" in value or ".." in value.split("/"):
         return None
-    if len(os.fsencode(value)) >= 4096:
+    try:
+        if len(os.fsencode(value)) >= 4096:
+            return None
+    except UnicodeEncodeError:  # a lone surrogate (not surrogateescape's)
         return None
     norm = posixpath.normpath(value)
     return "/" + norm.lstrip("/")
@@ -186,16 +182,15 @@ def argvs(cli: bool = False):
 
 @functools.cache
 def hostile_argvs():
-    item = st.one_of(safe_text(max_size=6), st.sampled_from(["", "a\0b", "\0"]), st.binary(max_size=4))
+    item = st.one_of(safe_text(max_size=6), st.sampled_from(["", "a\0b", "\0", "\ud800"]),
+                     st.binary(max_size=4))
     return st.one_of(argvs(), st.lists(item, max_size=4), junk())
 
 
 @functools.cache
 def env_names(cli: bool = False):
-    name = safe_text("=", min_size=1, max_size=8)
-    if cli:
-        name = name.filter(lambda n: not n.startswith("-"))
-    return name
+    # Names starting with '-' too: spec_to_argv writes --env=NAME=VALUE.
+    return safe_text("=", min_size=1, max_size=8)
 
 
 @functools.cache
@@ -205,8 +200,9 @@ def envs(cli: bool = False):
 
 @functools.cache
 def hostile_envs():
-    key = st.one_of(env_names(), st.sampled_from(["", "A=B", "=", "A\0", "PATH"]), junk())
-    val = st.one_of(safe_text(max_size=6), st.sampled_from(["", "v\0", "a=b"]), junk())
+    key = st.one_of(env_names(), st.sampled_from(["", "A=B", "=", "A\0", "PATH", "\ud800"]),
+                    junk())
+    val = st.one_of(safe_text(max_size=6), st.sampled_from(["", "v\0", "a=b", "\udfff"]), junk())
     return st.one_of(
         st.none(),
         envs(),
@@ -304,15 +300,6 @@ def tmpfses(cli: bool = False):
 def mount_lists(cli: bool = False, max_size: int = 5):
     mounts = st.lists(st.one_of(binds(cli), tmpfses(cli)), max_size=max_size,
                       unique_by=lambda m: m.dst)
-    if cli:
-        # parse_run groups --bind, --ro-bind, --tmpfs: keep that order here.
-        def group(ms):
-            def rank(m):
-                return 2 if isinstance(m, Tmpfs) else (1 if m.readonly else 0)
-
-            return sorted(ms, key=rank)
-
-        mounts = mounts.map(group)
     return mounts
 
 
@@ -369,6 +356,8 @@ def _specs(draw, cli: bool):
         ordered = [n for n in NAMESPACES if n in ns]
         namespaces = {"frozenset": frozenset(ns), "list": ordered,
                       "str": ",".join(ordered)}[form]
+        if draw(st.booleans()):
+            network = None  # derived from the namespaces
     kwargs = {"network": network, "namespaces": namespaces}
     if "mount" in ns:
         kwargs["mounts"] = draw(mount_lists(cli))

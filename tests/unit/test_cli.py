@@ -33,9 +33,9 @@ def test_round_trip_argv_shape():
                 mounts=[Bind("/a", "/b"), Bind("/c", readonly=True), Tmpfs("/t", size="1M")],
                 env={"A": "1"}, network="host")
     assert spec_to_argv(spec) == [
-        "--rootfs", "/r", "--bind", "/a:/b", "--ro-bind", "/c:/c", "--tmpfs", "/t:size=1048576",
-        "--chdir", "/w", "--network", "host", "--hostname", "box", "--uid", "1", "--gid", "2",
-        "--clearenv", "--env", "A=1", "--", "ls", "-l",
+        "--rootfs=/r", "--bind=/a:/b", "--ro-bind=/c:/c", "--tmpfs=/t:size=1048576",
+        "--chdir=/w", "--network=host", "--hostname=box", "--uid=1", "--gid=2",
+        "--clearenv", "--env=A=1", "--", "ls", "-l",
     ]
 
 
@@ -58,6 +58,8 @@ def test_options():
     assert spec.namespaces == frozenset({"user", "mount", "net"})
     assert (timeout, status_fd) == (2.5, 7)
     assert spec.args == ("sh", "-c", "x")
+    # Without 'net' among the namespaces the network is the host's.
+    assert parse_run(["--namespaces", "user,mount", "--", "x"])[0].network == "host"
 
 
 def test_relative_paths_are_made_absolute(tmp_path, monkeypatch):
@@ -68,11 +70,7 @@ def test_relative_paths_are_made_absolute(tmp_path, monkeypatch):
     assert spec.rootfs == f"{base}/root"
 
 
-@pytest.mark.xfail(strict=True, raises=SpecError,
-                   reason="BUG: '--bind SRC' with a relative SRC uses the relative SRC as the "
-                          "target ('bind target must be an absolute path'), though the help "
-                          "says DST defaults to the same path and SRC is made absolute")
-def test_bug_relative_bind_without_target(tmp_path, monkeypatch):
+def test_fixed_relative_bind_without_target(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     base = os.getcwd()
     spec = parse_run(["--bind", "data", "--", "x"])[0]
@@ -238,30 +236,21 @@ def test_parse_run_never_raises_anything_else(argv):
 # -- known bugs -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: parse_run groups --bind, --ro-bind and --tmpfs, so a spec whose "
-                          "mounts interleave kinds does not round-trip (mount order changes)")
-def test_bug_round_trip_keeps_mount_order():
+def test_fixed_round_trip_keeps_mount_order():
     spec = Spec(["x"], mounts=[Tmpfs("/a"), Bind("/b")])
     assert parse_run(spec_to_argv(spec))[0] == spec
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: spec_to_argv writes '--env -X=1', which argparse takes for an "
-                          "option (CliError 'expected one argument')")
-def test_bug_round_trip_env_name_starting_with_dash():
+def test_fixed_round_trip_env_name_starting_with_dash():
     spec = Spec(["x"], env={"-X": "1"})
     assert parse_run(spec_to_argv(spec))[0] == spec
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: SRC[:DST] cannot express a bind source or tmpfs target holding "
-                          "':', and spec_to_argv emits an argv that means something else")
 @pytest.mark.parametrize("spec", [
     Spec(["x"], mounts=[Bind("/a:b", "/c")]),
     Spec(["x"], mounts=[Tmpfs("/a:b")]),
 ], ids=["bind-src", "tmpfs-dst"])
-def test_bug_round_trip_colon_in_paths(spec):
+def test_fixed_round_trip_colon_in_paths(spec):
     try:
         got = parse_run(spec_to_argv(spec))[0]
     except (CliError, SpecError):

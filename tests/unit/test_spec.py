@@ -229,19 +229,34 @@ def test_any_size_is_bytes_or_spec_error(value):
 
 
 def test_bad_network():
-    S.each_raises(SpecError, ["bogus", "", "NONE", None, 1, ["none"]],
+    S.each_raises(SpecError, ["bogus", "", "NONE", 1, ["none"]],
                   lambda n: Spec(["true"], network=n))
     with pytest.raises(SpecError, match="network.*'bogus'"):
         Spec(["true"], network="bogus")
 
 
 def test_network_and_net_namespace():
-    assert "net" in Spec(["true"]).namespaces
+    assert Spec(["true"]).network == "none" and "net" in Spec(["true"]).namespaces
     assert "net" not in Spec(["true"], network="host").namespaces
-    with pytest.raises(SpecError):
-        Spec(["true"], network="host", namespaces=["user", "net"])
-    with pytest.raises(SpecError):
-        Spec(["true"], network="none", namespaces=["user"])
+    S.each_raises(SpecError, [("host", ["user", "net"]), ("none", ["user"]), ("none", "user")],
+                  lambda c: Spec(["true"], network=c[0], namespaces=c[1]))
+
+
+def test_network_is_derived_from_explicit_namespaces():
+    assert Spec(["true"], namespaces=["user", "mount"]).network == "host"
+    assert Spec(["true"], namespaces="user,net").network == "none"
+    assert Spec(["true"], namespaces=[]).network == "host"
+    assert Spec(["true"], network=None).network == "none"
+    spec = Spec(["true"]).replace(namespaces=["user"])
+    assert (spec.network, spec.namespaces) == ("host", frozenset({"user"}))
+    assert spec.replace(namespaces=None).network == "none"
+
+
+@given(st.lists(st.sampled_from(NAMESPACES), unique=True))
+def test_derived_network_matches_namespaces(names):
+    spec = Spec(["true"], namespaces=names)
+    assert spec.namespaces == frozenset(names)
+    assert spec.network == ("none" if "net" in names else "host")
 
 
 def test_bad_namespaces():
@@ -354,51 +369,42 @@ def test_replace_is_make_spec_over_the_fields(spec, changes):
     got = build(spec.replace, **changes)
     if got is not None:
         assert isinstance(got, Spec)
-        for name in SPEC_OPTIONS - set(changes) - {"namespaces"}:
+        derived = {"namespaces", "network"} if {"namespaces", "network"} & set(changes) else set()
+        for name in SPEC_OPTIONS - set(changes) - derived:
             assert getattr(got, name) == getattr(spec, name)
+
+
+def test_unencodable_strings_are_spec_errors():
+    # Lone surrogates (not from surrogateescape) cannot reach the kernel.
+    cases = [{"args": ["echo", "\ud800"]}, {"args": ["\udfff"]},
+             {"args": ["true"], "env": {"A": "\ud800"}}, {"args": ["true"], "env": {"\ud800": "1"}},
+             {"args": ["true"], "cwd": "/a\ud800"}, {"args": ["true"], "rootfs": "/\ud800"},
+             {"args": ["true"], "mounts": [Bind("/etc", "/x")], "cwd": "/\udbff"}]
+    S.each_raises(SpecError, cases, lambda kw: make_spec(**kw))
+    S.each_raises(SpecError, ["/\ud800", "/a/\udbff"], Bind)
+    S.each_raises(SpecError, ["/\ud800"], Tmpfs)
+    # surrogateescape (bytes that are not UTF-8) stays valid
+    assert Spec([b"\xff"], cwd=b"/\xfe").cwd == "/\udcfe"
+
+
+def test_pass_fds_must_fit_an_int():
+    assert Spec(["true"], pass_fds=[2**31 - 1]).pass_fds == (2**31 - 1,)
+    S.each_raises(SpecError, [[2**31], [2**40], [-1]], lambda fds: Spec(["true"], pass_fds=fds))
 
 
 # -- known bugs -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="BUG: a lone surrogate in a hostname raises UnicodeEncodeError, "
-                          "not SpecError")
-def test_bug_surrogate_hostname_is_spec_error():
+def test_fixed_surrogate_hostname_is_spec_error():
     with pytest.raises(SpecError):
         Spec(["true"], hostname="a\ud800")
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="BUG: a lone surrogate in a path raises UnicodeEncodeError, "
-                          "not SpecError")
-def test_bug_surrogate_path_is_spec_error():
-    with pytest.raises(SpecError):
-        Spec(["true"], cwd="/a\ud800")
-
-
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: lone surrogates in argv/env build a Spec that cannot be "
-                          "encoded (nsbox.run then raises UnicodeEncodeError, not SpecError)")
-@pytest.mark.parametrize("kwargs", [{"args": ["echo", "\ud800"]},
-                                    {"args": ["true"], "env": {"A": "\ud800"}},
-                                    {"args": ["true"], "env": {"\ud800": "1"}}])
-def test_bug_unencodable_argv_env_is_spec_error(kwargs):
-    with pytest.raises(SpecError):
-        make_spec(**kwargs)
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: a size string of more than 4300 digits raises int()'s "
-                          "ValueError, not SpecError")
-def test_bug_huge_size_string_is_spec_error():
+def test_fixed_huge_size_string_is_spec_error():
     with pytest.raises(SpecError):
         parse_size("9" * 5000)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="BUG: pass_fds outside int32 are accepted by Spec; nsbox.run then "
-                          "raises OverflowError (see tests/native/test_bugs.py)")
-def test_bug_pass_fds_out_of_range_is_spec_error():
-    with pytest.raises(SpecError):
-        Spec(["true"], pass_fds=[2**40])
+def test_fixed_namespaces_from_an_iterator():
+    spec = Spec(["true"], namespaces=(n for n in ["user", "mount"]))
+    assert spec.namespaces == frozenset({"user", "mount"})
