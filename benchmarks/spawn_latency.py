@@ -152,17 +152,21 @@ def compiler() -> str | None:
     return shutil.which(cc)
 
 
-def build(cc: str | None) -> dict[str, str | None]:
-    """Compile floor and the static true into .build/; {name: path or None}, plus errors."""
+def build(cc: str | None) -> dict:
+    """Compile floor and the static true into .build/ when missing or stale.
+
+    Returns {"floor": path or None, "true-static": path or None, "errors": {...}}.
+    Each binary is written under a temporary name and renamed into place, so
+    concurrent invocations never run a half-written file.
+    """
     BUILD.mkdir(exist_ok=True)
-    out: dict[str, str | None] = {"floor": None, "true-static": None}
-    errors = {}
-    if cc is None:
-        errors["cc"] = "no C compiler (cc / $CC) found"
-        return out | {"errors": errors}
+    out: dict = {"floor": None, "true-static": None}
+    errors: dict[str, str] = {}
     static_src = BUILD / "true-static.c"
     if not static_src.exists() or static_src.read_text() != STATIC_TRUE_SRC:
-        static_src.write_text(STATIC_TRUE_SRC)
+        tmp = BUILD / f"true-static.c.{os.getpid()}"
+        tmp.write_text(STATIC_TRUE_SRC)
+        os.replace(tmp, static_src)
     jobs = {
         "floor": (FLOOR_SRC, BUILD / "floor", ["-O2", "-Wall"]),
         "true-static": (
@@ -175,12 +179,19 @@ def build(cc: str | None) -> dict[str, str | None]:
         if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
             out[name] = str(exe)
             continue
-        r = subprocess.run([cc, *flags, "-o", str(exe), str(src)], capture_output=True, text=True)
+        if cc is None:
+            errors[name] = "no C compiler (cc or $CC) found"
+            continue
+        tmp = exe.with_name(f"{exe.name}.{os.getpid()}")
+        r = subprocess.run([cc, *flags, "-o", str(tmp), str(src)], capture_output=True, text=True)
         if r.returncode == 0:
+            os.replace(tmp, exe)
             out[name] = str(exe)
         else:
+            tmp.unlink(missing_ok=True)
             errors[name] = f"{cc} failed: {r.stderr.strip()[-500:]}"
-    return out | {"errors": errors}
+    out["errors"] = errors
+    return out
 
 
 # -- things that run once and return elapsed ns -------------------------------
@@ -437,6 +448,7 @@ def make_variants(
     wanted = set(args.variant_list)
     out: list[Variant] = []
     floor_exe, static_true = tools.get("floor"), tools.get("true-static")
+    build_errors = "; ".join(dict.fromkeys(tools["errors"].values())) or "?"
     have_nsbox = True
     try:
         import nsbox  # noqa: F401
@@ -455,7 +467,7 @@ def make_variants(
                 closers.append(srv.close)
                 out.append(Variant("floor", label, " ".join(srv.argv) + " (timed in C)", srv.once))
             else:
-                skip("floor", tools["errors"].get("floor") or tools["errors"].get("cc", "?"))
+                skip("floor", tools["errors"].get("floor", "?"))
         if "floor-static" in wanted:
             if floor_exe and static_true:
                 srv = FloorServer(floor_exe, ns, static_true)
@@ -466,7 +478,7 @@ def make_variants(
             else:
                 skip(
                     "floor-static",
-                    "floor or static true not built: " + "; ".join(tools["errors"].values()),
+                    "floor or static true not built: " + build_errors,
                 )
         if "nsbox" in wanted and have_nsbox:
             kw = nsbox_kwargs(ns)
@@ -480,7 +492,7 @@ def make_variants(
                 )
             )
         if "nsbox-static" in wanted and have_nsbox:
-            if static_true:
+            if static_true and not ("mount" in ns and static_true.startswith(("/tmp/", "/dev/"))):
                 kw = nsbox_kwargs(ns)
                 out.append(
                     Variant(
@@ -491,10 +503,14 @@ def make_variants(
                         floor="floor-static",
                     )
                 )
-            else:
+            elif static_true and "mount" in ns and static_true.startswith(("/tmp/", "/dev/")):
                 skip(
-                    "nsbox-static", "static true not built: " + "; ".join(tools["errors"].values())
+                    f"nsbox-static[{label}]",
+                    f"{static_true} is hidden in the sandbox (its default filesystem mounts a "
+                    "fresh /tmp and /dev): run from a checkout outside /tmp",
                 )
+            else:
+                skip("nsbox-static", "static true not built: " + build_errors)
         if "unshare" in wanted:
             if shutil.which("unshare"):
                 argv = unshare_argv(ns)
@@ -941,11 +957,14 @@ def compute_targets(
     return targets
 
 
-def print_targets(targets: list[dict]) -> None:
+def print_targets(targets: list[dict], runs_done: int) -> None:
     if not targets:
         return
     print()
-    print("ratios and differences (95% bootstrap CI of the medians)")
+    print(
+        "ratios and differences (95% bootstrap CI of the medians)"
+        + (f": only {runs_done} runs, verdicts mean nothing" if runs_done < 30 else "")
+    )
     width = max(len(t["what"]) for t in targets)
     for t in targets:
         unit = "x" if t["kind"] == "ratio" else " ms"
@@ -1161,7 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print_table(results, args.ns_sets)
-    print_targets(targets)
+    print_targets(targets, rounds["done"])
     for name, why in skipped.items():
         print(f"  skipped {name}: {why}")
     total_fail = sum(v.failures for v in variants)

@@ -545,6 +545,28 @@ static void set_ids(const struct nsbox_spec *s)
                          (uid_t)s->setid_uid));
 }
 
+/*
+ * After the last privileged step: shrink the capability bounding set to
+ * keep_caps (docker's default set unless asked otherwise), so the command,
+ * root in its user namespace, cannot undo the mounts (remount / read-write,
+ * unmount a mirror to reach what it hides); and no_new_privs, so no exec can
+ * gain privileges again.
+ */
+static void drop_caps(const struct nsbox_spec *s)
+{
+    inject(s, NSBOX_STAGE_CAPS, 0);
+    for (int cap = 0; cap < 64; cap++) {
+        if (s->keep_caps & ((uint64_t)1 << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+            if (errno == EINVAL)
+                break; /* past the kernel's last capability */
+            fail(s, NSBOX_STAGE_CAPS, errno, cap);
+        }
+    }
+    TRY(s, NSBOX_STAGE_CAPS, 64, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+}
+
 /* stdio onto 0-2, then every other fd close-on-exec except those to keep. */
 static void arrange_fds(const struct nsbox_spec *s)
 {
@@ -592,6 +614,7 @@ NSBOX_HIDDEN int nsbox_child_main(void *arg)
     build_filesystem(s);
     set_hostname(s);
     loopback_up(s);
+    drop_caps(s);
     set_ids(s);
     arrange_fds(s);
     change_dir(s);

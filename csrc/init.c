@@ -1,36 +1,27 @@
 /*
- * init.c - nsbox-init, pid 1 of every sandbox (a static executable).
+ * init.c - nsbox-init, pid 1 of every sandbox (a small static executable).
  *
  *   nsbox-init REPORT_FD PARENT_PIDFD FLAGS FAIL_STAGE FAIL_ERRNO -- CMD [ARGS...]
  *
- * Starts the command with vfork+execvpe (PATH searched inside the sandbox),
+ * Starts the command with vfork+execve (PATH searched inside the sandbox),
  * reports STARTED or the exec error on the report pipe, forwards the usual
  * termination and job signals to it, reaps every orphan, and when the command
  * ends reports its wait status as an EXITED record and exits. A pid 1 cannot
  * die of its own signals, so the record is how a signal death reaches the
  * caller intact. If the caller's process dies, the sandbox dies with it.
+ *
+ * Built freestanding where initrt.h can (see there): no libc calls here.
  */
-#define _GNU_SOURCE
-#include <poll.h>
-#include <signal.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/prctl.h>
-#include <sys/signalfd.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-
+#include "initrt.h"
 #include "nsbox.h"
-#include "sys.h"
 
 #define INIT_PID1 1 /* we are pid 1 of a new pid namespace */
 
-
-
-static const int forwarded[] = {SIGTERM, SIGINT,  SIGHUP,   SIGQUIT,
-                                SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
+static const int forwarded[] = {RT_SIGTERM, RT_SIGINT,  RT_SIGHUP,   RT_SIGQUIT,
+                                RT_SIGUSR1, RT_SIGUSR2, RT_SIGWINCH, RT_SIGCONT};
 
 static int report_fd = -1;
+static char **environ_;
 
 static long parse_int(const char *s)
 {
@@ -45,6 +36,20 @@ static long parse_int(const char *s)
     return neg ? -v : v;
 }
 
+static const char *get_env(const char *name)
+{
+    size_t n = rt_strlen(name);
+    for (char **e = environ_; *e; e++) {
+        const char *v = *e;
+        size_t i = 0;
+        while (i < n && v[i] == name[i])
+            i++;
+        if (i == n && v[n] == '=')
+            return v + n + 1;
+    }
+    return NULL;
+}
+
 /*
  * execve the command, searching PATH (from its own environment) when it has
  * no '/'. Returns the errno to report: ENOENT only if the command exists
@@ -55,38 +60,30 @@ static long parse_int(const char *s)
 static int exec_command(char **cmd)
 {
     const char *file = cmd[0];
-    if (strchr(file, '/')) {
-        execve(file, cmd, environ);
-        return errno;
-    }
-    const char *path = getenv("PATH");
+    if (rt_strchr(file, '/'))
+        return (int)-rt_execve(file, cmd, environ_);
+    const char *path = get_env("PATH");
     if (!path)
         path = "/bin:/usr/bin";
-    size_t flen = strlen(file);
-    int result = ENOENT;
+    size_t flen = rt_strlen(file);
+    int result = RT_ENOENT;
     char buf[4096];
     for (const char *p = path;; p++) {
-        const char *end = strchr(p, ':');
-        size_t dlen = end ? (size_t)(end - p) : strlen(p);
-        if (dlen == 0) {
-            buf[0] = '.';
+        const char *end = rt_strchr(p, ':');
+        size_t dlen = end ? (size_t)(end - p) : rt_strlen(p);
+        const char *dir = dlen ? p : ".";
+        if (!dlen)
             dlen = 1;
-        } else if (dlen + flen + 2 <= sizeof buf) {
-            memcpy(buf, p, dlen);
-        } else {
-            dlen = 0;
-        }
-        if (dlen && dlen + flen + 2 <= sizeof buf) {
+        if (dlen + flen + 2 <= sizeof buf) {
+            rt_copy(buf, dir, dlen);
             buf[dlen] = '/';
-            memcpy(buf + dlen + 1, file, flen + 1);
-            execve(buf, cmd, environ);
-            int err = errno;
-            struct stat st;
-            if (err == EACCES) {
-                if (stat(buf, &st) == 0)
-                    result = EACCES; /* there, but not executable: keep looking */
-            } else if (err != ENOENT && err != ENOTDIR && err != ESTALE && err != ENODEV &&
-                       err != ELOOP && err != ENAMETOOLONG) {
+            rt_copy(buf + dlen + 1, file, flen + 1);
+            int err = (int)-rt_execve(buf, cmd, environ_);
+            if (err == RT_EACCES) {
+                if (rt_exists(buf) == 0)
+                    result = RT_EACCES; /* there, but not executable: keep looking */
+            } else if (err != RT_ENOENT && err != RT_ENOTDIR && err != RT_ESTALE &&
+                       err != RT_ENODEV && err != RT_ELOOP && err != RT_ENAMETOOLONG) {
                 return err; /* found, and it failed for a reason of its own */
             }
         }
@@ -106,119 +103,117 @@ static void report(int kind, int stage, int err, int value)
     r.err = err;
     r.index = 0;
     r.value = value;
-    (void)write_all(report_fd, &r, sizeof r);
+    while (rt_write(report_fd, &r, sizeof r) == -RT_EINTR)
+        ;
 }
 
-static __attribute__((noreturn)) void fail(int stage, int err)
+static __attribute__((noreturn)) void fail(int stage, long err)
 {
-    report(NSBOX_REPORT_ERROR, stage, err, 0);
-    _exit(NSBOX_EXIT_SETUP);
+    report(NSBOX_REPORT_ERROR, stage, (int)-err, 0);
+    rt_exit(NSBOX_EXIT_SETUP);
 }
 
 /* Exit as init: the code a shell would show for the command's status. */
 static __attribute__((noreturn)) void exit_like(int status)
 {
-    if (WIFSIGNALED(status))
-        _exit(128 + WTERMSIG(status));
-    _exit(WEXITSTATUS(status));
+    if ((status & 0x7f) != 0 && (status & 0x7f) != 0x7f)
+        rt_exit(128 + (status & 0x7f));
+    rt_exit((status >> 8) & 0xff);
 }
 
-int main(int argc, char **argv)
+static __attribute__((noreturn)) void init_main(int argc, char **argv)
 {
-    if (argc < 8 || strcmp(argv[6], "--") != 0)
-        return NSBOX_EXIT_SETUP;
+    if (argc < 8 || !rt_streq(argv[6], "--"))
+        rt_exit(NSBOX_EXIT_SETUP);
     report_fd = (int)parse_int(argv[1]);
     int parent = (int)parse_int(argv[2]);
     long flags = parse_int(argv[3]);
     int fail_stage = (int)parse_int(argv[4]);
     int fail_errno = (int)parse_int(argv[5]);
     char **cmd = argv + 7;
+    long rc;
 
-    /* All signals arrive blocked from the setup child: nothing is lost
-     * between exec and the signalfd. */
-    sigset_t set, none;
-    sigemptyset(&set);
-    sigemptyset(&none);
+    /* Signals arrive blocked from the setup child (and are blocked here in
+     * any case): none is lost between exec and the signalfd. */
+    rt_sigset set = rt_sigbit(RT_SIGCHLD), none = 0;
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
-        sigaddset(&set, forwarded[i]);
-    sigaddset(&set, SIGCHLD);
+        set |= rt_sigbit(forwarded[i]);
     if (fail_stage == NSBOX_STAGE_INIT)
-        fail(NSBOX_STAGE_INIT, fail_errno);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-        fail(NSBOX_STAGE_INIT, errno);
-    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+        fail(NSBOX_STAGE_INIT, -fail_errno);
+    if ((rc = rt_sigprocmask(RT_SIG_BLOCK, &set)) < 0)
+        fail(NSBOX_STAGE_INIT, rc);
+    int sfd = (int)rt_signalfd(&set);
     if (sfd < 0)
-        fail(NSBOX_STAGE_INIT, errno);
-    if (fcntl(report_fd, F_SETFD, FD_CLOEXEC) < 0)
-        fail(NSBOX_STAGE_INIT, errno);
+        fail(NSBOX_STAGE_INIT, sfd);
+    if ((rc = rt_fcntl(report_fd, RT_F_SETFD, RT_FD_CLOEXEC)) < 0)
+        fail(NSBOX_STAGE_INIT, rc);
     if (parent >= 0) {
-        if (fcntl(parent, F_SETFD, FD_CLOEXEC) < 0)
-            fail(NSBOX_STAGE_INIT, errno);
+        if ((rc = rt_fcntl(parent, RT_F_SETFD, RT_FD_CLOEXEC)) < 0)
+            fail(NSBOX_STAGE_INIT, rc);
         /* The pidfd watches the caller's whole process from now on; the
          * death signal would fire when the calling *thread* ends. */
-        prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0);
-        struct pollfd p = {.fd = parent, .events = POLLIN};
-        if (poll(&p, 1, 0) > 0)
-            _exit(128 + SIGKILL);
+        rt_prctl(RT_PR_SET_PDEATHSIG, 0);
+        struct rt_pollfd p = {.fd = parent, .events = RT_POLLIN, .revents = 0};
+        if (rt_ppoll(&p, 1, 1) > 0)
+            rt_exit(128 + RT_SIGKILL);
     }
     if (!(flags & INIT_PID1))
-        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        rt_prctl(RT_PR_SET_CHILD_SUBREAPER, 1);
 
     volatile int exec_errno = 0;
-    pid_t pid;
+    long pid = -1;
     if (fail_stage == NSBOX_STAGE_EXEC) {
         exec_errno = fail_errno;
-        pid = -1;
     } else {
-        pid = vfork();
+        pid = rt_vfork();
         if (pid == 0) {
-            sigprocmask(SIG_SETMASK, &none, NULL);
+            rt_sigprocmask(RT_SIG_SETMASK, &none);
             int err = exec_command(cmd);
-            exec_errno = err ? err : ENOEXEC;
-            _exit(127);
+            exec_errno = err ? err : RT_ENOEXEC;
+            rt_exit(127);
         }
         if (pid < 0)
-            fail(NSBOX_STAGE_INIT, errno);
+            fail(NSBOX_STAGE_INIT, pid);
     }
     if (exec_errno) {
         if (pid > 0)
-            waitpid(pid, NULL, 0);
+            rt_wait((int)pid, NULL, 0);
         report(NSBOX_REPORT_ERROR, NSBOX_STAGE_EXEC, exec_errno, 0);
-        _exit(exec_errno == ENOENT ? 127 : 126);
+        rt_exit(exec_errno == RT_ENOENT ? 127 : 126);
     }
-    report(NSBOX_REPORT_STARTED, 0, 0, pid);
+    report(NSBOX_REPORT_STARTED, 0, 0, (int)pid);
     /* init never reads or writes the command's stdio: don't hold pipes open. */
-    close(0);
-    close(1);
-    close(2);
+    rt_close(0);
+    rt_close(1);
+    rt_close(2);
 
-    struct pollfd fds[2] = {{.fd = sfd, .events = POLLIN}, {.fd = parent, .events = POLLIN}};
-    nfds_t nfds = parent >= 0 ? 2 : 1;
+    struct rt_pollfd fds[2] = {{.fd = sfd, .events = RT_POLLIN, .revents = 0},
+                               {.fd = parent, .events = RT_POLLIN, .revents = 0}};
+    unsigned nfds = parent >= 0 ? 2 : 1;
     for (;;) {
-        if (poll(fds, nfds, -1) < 0) {
-            if (errno == EINTR)
-                continue;
+        long n = rt_ppoll(fds, nfds, 0);
+        if (n == -RT_EINTR)
+            continue;
+        if (n < 0)
             break;
-        }
         if (nfds == 2 && fds[1].revents) {
             /* The caller is gone. As pid 1, our exit kills the namespace. */
             if (!(flags & INIT_PID1))
-                kill(pid, SIGKILL);
-            _exit(128 + SIGKILL);
+                rt_kill((int)pid, RT_SIGKILL);
+            rt_exit(128 + RT_SIGKILL);
         }
         if (!fds[0].revents)
             continue;
-        struct signalfd_siginfo si;
-        ssize_t n = read(sfd, &si, sizeof si);
-        if (n != (ssize_t)sizeof si)
+        struct rt_siginfo si;
+        if (rt_read(sfd, &si, sizeof si) != (long)sizeof si)
             continue;
-        if ((int)si.ssi_signo != SIGCHLD) {
-            kill(pid, (int)si.ssi_signo);
+        if (si.signo != RT_SIGCHLD) {
+            rt_kill((int)pid, (int)si.signo);
             continue;
         }
         for (;;) {
-            int status;
-            pid_t w = waitpid(-1, &status, WNOHANG);
+            int status = 0;
+            long w = rt_wait(-1, &status, RT_WNOHANG);
             if (w <= 0)
                 break;
             if (w == pid) {
@@ -228,6 +223,23 @@ int main(int argc, char **argv)
         }
     }
     /* poll failed: kill the command rather than leave it unsupervised. */
-    kill(pid, SIGKILL);
-    return 128 + SIGKILL;
+    rt_kill((int)pid, RT_SIGKILL);
+    rt_exit(128 + RT_SIGKILL);
 }
+
+#ifdef NSBOX_NOLIBC
+void nsbox_init_start(long *sp);
+void nsbox_init_start(long *sp)
+{
+    int argc = (int)sp[0];
+    char **argv = (char **)(sp + 1);
+    environ_ = argv + argc + 1;
+    init_main(argc, argv);
+}
+#else
+int main(int argc, char **argv)
+{
+    environ_ = environ;
+    init_main(argc, argv);
+}
+#endif

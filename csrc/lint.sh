@@ -11,4 +11,8 @@ flags=(-std=gnu11 -fsyntax-only -Wall -Wextra -Werror -Wshadow -Wmissing-prototy
 for f in *.c; do
     "$CC" "${flags[@]}" "$f"
 done
+# nsbox-init is built freestanding on x86_64/aarch64: lint that variant too.
+case "$(uname -m)" in
+    x86_64|aarch64) "$CC" "${flags[@]}" -DNSBOX_NOLIBC -ffreestanding -fno-builtin init.c ;;
+esac
 echo "csrc lint: $(ls *.c | wc -l) files clean"

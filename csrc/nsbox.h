@@ -30,13 +30,14 @@ enum nsbox_stage {
     NSBOX_STAGE_PIVOT_ROOT = 9,   /* child: pivot_root and detach the old root */
     NSBOX_STAGE_HOSTNAME = 10,    /* child: sethostname */
     NSBOX_STAGE_LOOPBACK = 11,    /* child: bring lo up */
-    NSBOX_STAGE_SETID = 12,       /* child: setgroups/setresgid/setresuid (no userns) */
-    NSBOX_STAGE_FDS = 13,         /* child: stdio and fds to keep */
-    NSBOX_STAGE_CHDIR = 14,       /* child: working directory */
-    NSBOX_STAGE_EXEC_INIT = 15,   /* child: execveat of nsbox-init */
-    NSBOX_STAGE_INIT = 16,        /* init: its own setup (signalfd, vfork) */
-    NSBOX_STAGE_EXEC = 17,        /* init: execve of the command */
-    NSBOX_STAGE_COUNT = 18
+    NSBOX_STAGE_CAPS = 12,        /* child: capability bounding set, no_new_privs */
+    NSBOX_STAGE_SETID = 13,       /* child: setgroups/setresgid/setresuid (no userns) */
+    NSBOX_STAGE_FDS = 14,         /* child: stdio and fds to keep */
+    NSBOX_STAGE_CHDIR = 15,       /* child: working directory */
+    NSBOX_STAGE_EXEC_INIT = 16,   /* child: execveat of nsbox-init */
+    NSBOX_STAGE_INIT = 17,        /* init: its own setup (signalfd, vfork) */
+    NSBOX_STAGE_EXEC = 18,        /* init: execve of the command */
+    NSBOX_STAGE_COUNT = 19
 };
 
 enum nsbox_report_kind {
@@ -106,6 +107,7 @@ struct nsbox_spec {
     const char *hostname;          /* or NULL */
     const char *cwd;               /* or NULL: / */
     uint32_t cwd_flags;            /* NSBOX_CWD_* */
+    uint64_t keep_caps;            /* capabilities left in the bounding set (bit = cap) */
     int32_t debug_fail_stage;      /* tests: make this stage fail ... */
     int32_t debug_fail_errno;      /* ... with this errno */
 };

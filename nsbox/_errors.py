@@ -45,12 +45,13 @@ STAGE_NAMES = {
     9: "pivot-root",
     10: "hostname",
     11: "loopback",
-    12: "setid",
-    13: "fds",
-    14: "chdir",
-    15: "exec-init",
-    16: "init",
-    17: "exec",
+    12: "caps",
+    13: "setid",
+    14: "fds",
+    15: "chdir",
+    16: "exec-init",
+    17: "init",
+    18: "exec",
 }
 STAGE_NUMBERS = {name: number for number, name in STAGE_NAMES.items()}
 
@@ -160,6 +161,7 @@ _STAGE_CLASS = {
     "pivot-root": MountError,
     "loopback": NetworkSetupError,
     "setid": PrivilegeDropError,
+    "caps": PrivilegeDropError,
 }
 
 

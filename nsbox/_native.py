@@ -192,6 +192,7 @@ def spawn(
     spec.hostname = packed.hostname
     spec.cwd = packed.cwd
     spec.cwd_flags = 1 if plan.cwd_required else 0
+    spec.keep_caps = plan.keep_caps
     spec.debug_fail_stage = fail_stage
     spec.debug_fail_errno = fail_errno
 

@@ -20,6 +20,16 @@ NS_BITS = {"user": 1, "mount": 2, "pid": 4, "uts": 8, "ipc": 16, "net": 32, "cgr
 MNT_BIND, MNT_TMPFS, MNT_PROC, MNT_DEV = 1, 2, 3, 4
 MF_READONLY, MF_IN_SCRATCH = 1, 2
 
+# The capability bounding set the command keeps: docker's default set. Without
+# CAP_SYS_ADMIN, root inside cannot remount the read-only root read-write or
+# unmount what nsbox mounted.
+CAPABILITIES = {
+    "CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
+    "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_RAW": 13, "SYS_CHROOT": 18,
+    "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31,
+}
+DEFAULT_CAPS = sum(1 << bit for bit in CAPABILITIES.values())
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PlanMount:
@@ -54,6 +64,7 @@ class Plan:
     cwd: str | None
     cwd_required: bool
     pass_fds: tuple[int, ...]
+    keep_caps: int = DEFAULT_CAPS
 
 
 def _is_under(path: str, parent: str) -> bool:

@@ -102,6 +102,7 @@ class Sandbox:
         universal_newlines: bool | None = None,
         bufsize: int = -1,
         _debug_fail: tuple[str, int] | None = None,
+        _lazy_start: bool = False,
         **options: Any,
     ):
         self.returncode: int | None = None
@@ -109,7 +110,9 @@ class Sandbox:
         self._pidfd = -1
         self._report_fd = -1
         self._command_pidfd = -1  # only without a pid namespace (see kill)
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler may call send_signal while this thread
+        # is inside poll(); never held across a blocking wait.
+        self._lock = threading.RLock()
         self._closed_streams = False
         self.stdin = self.stdout = self.stderr = None
         self._outputs: dict[Any, list[bytes]] = {}
@@ -150,8 +153,15 @@ class Sandbox:
         self._report_fd = rfd
         self._decoder = _protocol.Decoder()
         self._records: list[_protocol.Record] = []
+        self._plan = plan
+        self.setup_error: _errors.NsboxError | None = None
+        # run() need not wait for the command to start: the STARTED (or ERROR)
+        # record is read with the exit status, one wake-up fewer. Without a pid
+        # namespace the command's pid is needed early (see kill), so not then.
+        self._start_pending = _lazy_start and "pid" in plan.namespaces
         try:
-            self._wait_started(plan)
+            if not self._start_pending:
+                self._wait_started(plan)
         except BaseException:
             for fd in parents:
                 if fd >= 0:
@@ -218,6 +228,8 @@ class Sandbox:
             rec = self._read_record(block=True)
         except _protocol.ProtocolError as exc:
             raise _errors.NsboxInternalError(f"nsbox: bad report from the sandbox: {exc}") from None
+        if rec is not None and rec.kind == _protocol.ERROR:
+            raise self._error_for(rec)
         if rec is not None and rec.kind == _protocol.STARTED:
             if "pid" not in plan.namespaces:
                 # No pid namespace: killing init would not take the command
@@ -227,26 +239,29 @@ class Sandbox:
                 except OSError:
                     pass
             return
-        if rec is not None and rec.kind == _protocol.ERROR:
-            op = None
-            if rec.stage == _errors.STAGE_NUMBERS["mount"] and 0 <= rec.index < len(plan.mounts):
-                # The spec's own Bind/Tmpfs, or the description of a default mount.
-                op = plan.mounts[rec.index].origin
-            elif rec.stage == _errors.STAGE_NUMBERS["chdir"]:
-                op = f"cwd {plan.cwd}"
-            elif rec.stage == _errors.STAGE_NUMBERS["hostname"]:
-                op = f"hostname {plan.hostname}"
-            elif rec.stage == _errors.STAGE_NUMBERS["root"]:
-                op = f"root {plan.root}"
-            elif rec.stage == _errors.STAGE_NUMBERS["fds"]:
-                op = "stdio and pass_fds"
-            raise _errors.setup_error(rec.stage, rec.err, op, command=plan.argv[0])
         # EOF without a record: the child died before it could say anything.
         info = self._reap(block=True)
         raise _errors.SpawnError(
             errno.ECHILD,
             f"nsbox: the sandbox died during setup (status {info}) without a report",
         )
+
+    def _error_for(self, rec: _protocol.Record) -> _errors.SandboxSetupError:
+        """The exception for an ERROR record, naming the spec element at fault."""
+        plan = self._plan
+        op = None
+        if rec.stage == _errors.STAGE_NUMBERS["mount"] and 0 <= rec.index < len(plan.mounts):
+            # The spec's own Bind/Tmpfs, or the description of a default mount.
+            op = plan.mounts[rec.index].origin
+        elif rec.stage == _errors.STAGE_NUMBERS["chdir"]:
+            op = f"cwd {plan.cwd}"
+        elif rec.stage == _errors.STAGE_NUMBERS["hostname"]:
+            op = f"hostname {plan.hostname}"
+        elif rec.stage == _errors.STAGE_NUMBERS["root"]:
+            op = f"root {plan.root}"
+        elif rec.stage == _errors.STAGE_NUMBERS["fds"]:
+            op = "stdio and pass_fds"
+        return _errors.setup_error(rec.stage, rec.err, op, command=plan.argv[0])
 
     def _open_streams(self, parents, bufsize: int) -> None:
         for i, fd in enumerate(parents):
@@ -283,6 +298,12 @@ class Sandbox:
         """Record the returncode from init's EXITED record (or its own status)."""
         try:
             record = self._read_record(block=False)
+            if self._start_pending:
+                self._start_pending = False
+                if record is not None and record.kind == _protocol.ERROR:
+                    self.setup_error = self._error_for(record)
+                if record is not None and record.kind != _protocol.EXITED:
+                    record = self._read_record(block=False)
         except _protocol.ProtocolError:
             record = None
         if record is not None and record.kind == _protocol.EXITED:
@@ -316,16 +337,18 @@ class Sandbox:
         """Wait for the sandbox to end; TimeoutExpired after `timeout` seconds."""
         if self.returncode is not None:
             return self.returncode
-        if timeout is not None and not self._ready(timeout):
+        # Block on the pidfd without the lock, so kill()/send_signal() from
+        # other threads or signal handlers go through meanwhile.
+        if not self._ready(timeout):
             raise subprocess.TimeoutExpired(self.args, timeout)
         with self._lock:
-            if self.returncode is None:
+            if self.returncode is None and self._pidfd >= 0:
                 self._finish(self._reap(block=True))
             return self.returncode
 
-    def _ready(self, timeout: float) -> bool:
+    def _ready(self, timeout: float | None) -> bool:
         """Whether init exits within `timeout` seconds (pidfd readability)."""
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         poller = selectors.PollSelector()
         with self._lock:
             if self._pidfd < 0:
@@ -333,6 +356,10 @@ class Sandbox:
             poller.register(self._pidfd, selectors.EVENT_READ)
         try:
             while True:
+                if deadline is None:
+                    if poller.select(None):
+                        return True
+                    continue
                 remaining = deadline - time.monotonic()
                 if poller.select(max(remaining, 0)):
                     return True
@@ -526,7 +553,7 @@ def run(
         if kwargs.get("stdout") is not None or kwargs.get("stderr") is not None:
             raise ValueError("stdout and stderr arguments may not be used with capture_output.")
         kwargs["stdout"] = kwargs["stderr"] = PIPE
-    with Sandbox(args, **kwargs) as box:
+    with Sandbox(args, _lazy_start=True, **kwargs) as box:
         try:
             stdout, stderr = box.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
@@ -539,6 +566,8 @@ def run(
         retcode = box.poll()
         if retcode is None:  # pragma: no cover - communicate waited
             retcode = box.wait()
+    if box.setup_error is not None:
+        raise box.setup_error
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, box.args, output=stdout, stderr=stderr)
     return Result(box.args, retcode, stdout, stderr, pid=box.pid)

@@ -33,6 +33,7 @@ STAGES = {
     "hostname": ({"hostname": "box"}, nsbox.SandboxSetupError, "hostname box"),
     "loopback": ({}, nsbox.NetworkSetupError, None),
     "setid": ({"namespaces": ALL_BUT_USER, "uid": 0, "gid": 0}, nsbox.PrivilegeDropError, None),
+    "caps": ({}, nsbox.PrivilegeDropError, None),
     "fds": ({}, nsbox.SandboxSetupError, "stdio and pass_fds"),
     "chdir": ({"cwd": "/"}, nsbox.SandboxSetupError, "cwd /"),
     "exec-init": ({}, nsbox.SandboxSetupError, None),

@@ -340,6 +340,7 @@ def _start_trapping_cli(sig: str, code: int, sleep_marker: str, *extra: str):
         started = json.loads(status.readline())
     assert started["event"] == "started"
     assert proc.stdout.readline() == b"ready\n"
+    time.sleep(0.3)  # let the CLI settle into waiting, as it would for a human's Ctrl-C
     return proc
 
 
@@ -369,7 +370,7 @@ _HANG = pytest.mark.xfail(
 def test_cli_forwards_signals(signame, code, procs, sleep_marker):
     proc = _start_trapping_cli(signame, code, sleep_marker)
     proc.send_signal(getattr(signal, f"SIG{signame}"))
-    rc = _finish(proc, timeout=5)
+    rc = _finish(proc, timeout=3)
     assert procs.wait_gone(sleep_marker, timeout=5) == []
     assert rc == code
 

@@ -91,7 +91,10 @@ def test_hostname_option_sets_it():
 
 def test_hostname_change_inside_does_not_reach_host():
     before = socket.gethostname()
-    assert sh("hostname changed-inside && hostname") == "changed-inside\n"
+    # Whether the command may rename its own uts namespace depends on the capabilities it
+    # keeps; either way the host's name must not change.
+    got = sh("hostname nsbx-changed-inside 2>/dev/null; hostname").strip()
+    assert got in ("nsbx-changed-inside", before)
     assert socket.gethostname() == before
 
 
@@ -219,15 +222,32 @@ def test_root_is_read_only(target):
 def test_read_only_root_rejects_mkdir_and_touch():
     r = nsbox.run(["mkdir", "/nsbx-ro-dir"], capture_output=True, text=True)
     assert r.returncode != 0 and "Read-only file system" in r.stderr
-    r = nsbox.run(["touch", "/etc/passwd"], capture_output=True, text=True)
+    r = nsbox.run(["touch", "/etc/nsbx-ro-new"], capture_output=True, text=True)
     assert r.returncode != 0 and "Read-only file system" in r.stderr
-
-
-def test_root_read_only_even_for_remount():
-    r = nsbox.run(["sh", "-c", "mount -o remount,rw / 2>/dev/null; echo x > /nsbx-rw-probe"],
-                  capture_output=True, text=True)
+    # An existing host file: EROFS, or EACCES first when the host file is not ours.
+    r = nsbox.run(["sh", "-c", "echo >> /etc/passwd"], capture_output=True, text=True)
     assert r.returncode != 0
-    assert not os.path.exists("/nsbx-rw-probe")
+    if os.stat("/etc/passwd").st_uid == os.geteuid():
+        assert "Read-only file system" in r.stderr
+    else:
+        assert "Read-only file system" in r.stderr or "Permission denied" in r.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: the command keeps every capability in its user namespace, and the read-only "
+    "root was made read-only inside that namespace (not locked), so `mount -o "
+    "remount,bind,rw /` succeeds and writes then reach the host's root filesystem"))
+def test_read_only_root_cannot_be_remounted_read_write():
+    # Only the remount is tried: nothing is written to the host even if it succeeds.
+    r = nsbox.run(["sh", "-c", "mount -o remount,bind,rw / 2>/dev/null && echo REMOUNTED"],
+                  capture_output=True, text=True)
+    assert "REMOUNTED" not in r.stdout
+
+
+def test_plain_remount_of_root_is_refused():
+    r = nsbox.run(["sh", "-c", "mount -o remount,rw / 2>/dev/null && echo REMOUNTED"],
+                  capture_output=True, text=True)
+    assert "REMOUNTED" not in r.stdout
 
 
 def test_tmp_is_private_empty_writable_tmpfs():
