@@ -570,7 +570,7 @@ static void drop_caps(const struct nsbox_spec *s)
 /* stdio onto 0-2, then every other fd close-on-exec except those to keep. */
 static void arrange_fds(const struct nsbox_spec *s)
 {
-    inject(s, NSBOX_STAGE_FDS, 0);
+    inject(s, NSBOX_STAGE_FDS, 3);
     int src[3];
     for (int i = 0; i < 3; i++) {
         src[i] = s->stdio[i];

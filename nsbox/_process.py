@@ -142,6 +142,7 @@ class Sandbox:
             rfd, wfd = os.pipe2(os.O_CLOEXEC)
             parent_fds.append(rfd)
             child_fds.append(wfd)
+            self._stdio_fds = stdio
             self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
                                                   debug_fail=debug)
         except BaseException:
@@ -168,7 +169,15 @@ class Sandbox:
                     os.close(fd)
             self._kill_and_reap()
             raise
-        self._open_streams(parents, bufsize)
+        try:
+            self._open_streams(parents, bufsize)
+        except BaseException:
+            opened = {s.fileno() for s in (self.stdin, self.stdout, self.stderr) if s}
+            for fd in parents:
+                if fd >= 0 and fd not in opened:
+                    os.close(fd)
+            self.close()
+            raise
 
     # -- start-up --------------------------------------------------------------
 
@@ -260,10 +269,21 @@ class Sandbox:
         elif rec.stage == _errors.STAGE_NUMBERS["root"]:
             op = f"root {plan.root}"
         elif rec.stage == _errors.STAGE_NUMBERS["fds"]:
-            op = "stdio and pass_fds"
+            # index: 0-2 the stdio fd for 0, 1, 2; 4+i the i-th fd kept (pass_fds first).
+            if 0 <= rec.index < 3 and self._stdio_fds[rec.index] >= 0:
+                name = ("stdin", "stdout", "stderr")[rec.index]
+                op = f"{name} fd {self._stdio_fds[rec.index]}"
+            elif 4 <= rec.index < 4 + len(plan.pass_fds):
+                op = f"pass_fds fd {plan.pass_fds[rec.index - 4]}"
+            else:
+                op = "stdio and pass_fds"
         return _errors.setup_error(rec.stage, rec.err, op, command=plan.argv[0])
 
     def _open_streams(self, parents, bufsize: int) -> None:
+        # As Popen: bufsize=1 means line buffering, which only text mode has.
+        line_buffering = bufsize == 1 and self.text_mode
+        if bufsize == 1:
+            bufsize = -1
         for i, fd in enumerate(parents):
             if fd < 0:
                 continue
@@ -272,7 +292,7 @@ class Sandbox:
             if self.text_mode:
                 stream = io.TextIOWrapper(
                     stream, encoding=self.encoding, errors=self.errors,
-                    write_through=(i == 0), line_buffering=(i == 0 and bufsize == 1),
+                    write_through=(i == 0), line_buffering=(i == 0 and line_buffering),
                 )
             setattr(self, ("stdin", "stdout", "stderr")[i], stream)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -289,7 +290,6 @@ def test_result_fields():
     assert r.stderr == b"e\n"
     assert isinstance(r.pid, int) and r.pid > 0
     assert r.pid != os.getpid()
-    r.check_returncode.__call__  # noqa: B018 - CompletedProcess API is there
     with pytest.raises(subprocess.CalledProcessError):
         r.check_returncode()
 
@@ -370,3 +370,66 @@ def test_awkward_env_and_hostname_through_printf():
     r = nsbox.run(sh('printf "%s\\0" "$NSBX_V"'), env={"NSBX_V": "a b\nc'\"d"},
                   capture_output=True)
     assert r.stdout == b"a b\nc'\"d\0"
+
+
+def test_bytes_env_and_non_utf8_values():
+    r = nsbox.run(["sh", "-c", 'printf "%s" "$NSBX_RAW"'], env={b"NSBX_RAW": b"\xffraw\x80"},
+                  capture_output=True)
+    assert r.stdout == b"\xffraw\x80"
+
+
+# -- text options ------------------------------------------------------------------------
+
+
+def test_encoding_and_errors():
+    r = nsbox.run(["printf", "caf\\351"], capture_output=True, encoding="latin-1")
+    assert r.stdout == "caf\u00e9"
+    r = nsbox.run(["printf", "a\\377b"], capture_output=True, text=True, errors="replace")
+    assert r.stdout == "a\ufffdb"
+
+
+def test_universal_newlines():
+    r = nsbox.run(["printf", "a\\r\\nb\\rc\\n"], capture_output=True, universal_newlines=True)
+    assert r.stdout == "a\nb\nc\n"
+
+
+# -- whatever interrupts run(), the sandbox goes -----------------------------------------
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_exception_during_run_kills_the_sandbox(procs, marker, sleep_marker):
+    def boom(*_):
+        raise _Interrupt
+
+    previous = signal.signal(signal.SIGUSR1, boom)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
+    try:
+        timer.start()
+        with pytest.raises(_Interrupt):
+            nsbox.run(sh(f"sleep {sleep_marker} & sleep {sleep_marker}; :", marker),
+                      capture_output=True, timeout=60)
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert procs.marked(marker, sleep_marker) == []
+
+
+def test_timeout_kills_new_sessions_and_double_forks(procs, marker, sleep_marker):
+    script = (f"setsid sleep {sleep_marker} & (sleep {sleep_marker} &) & "
+              f"sh -c 'sleep {sleep_marker} & exit 0' & wait; sleep {sleep_marker}")
+    with pytest.raises(subprocess.TimeoutExpired):
+        nsbox.run(sh(script, marker), timeout=1.0, capture_output=True)
+    assert procs.marked(marker, sleep_marker) == []
+
+
+def test_command_killed_from_the_host_reports_the_signal(procs, sleep_marker):
+    with nsbox.Sandbox(["sleep", sleep_marker]) as box:
+        found = procs.wait_present(sleep_marker, count=2)  # init's argv and sleep's
+        command = [p for p in found if p != box.pid]
+        assert len(command) == 1
+        os.kill(command[0], signal.SIGKILL)
+        assert box.wait(timeout=20) == -signal.SIGKILL

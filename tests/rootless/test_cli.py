@@ -329,7 +329,8 @@ def test_status_fd_setup_failure_has_no_started_event():
 # -- signal forwarding ---------------------------------------------------------------------------
 
 
-def _start_trapping_cli(sig: str, code: int, sleep_marker: str, *extra: str):
+def _start_trapping_cli(sig: str, code: int, sleep_marker: str, *extra: str,
+                        settle: float = 0.3):
     """The CLI running a shell that prints `ready` once its trap is set."""
     r, w = os.pipe()
     script = f"trap 'exit {code}' {sig}; echo ready; sleep {sleep_marker} & wait"
@@ -340,7 +341,7 @@ def _start_trapping_cli(sig: str, code: int, sleep_marker: str, *extra: str):
         started = json.loads(status.readline())
     assert started["event"] == "started"
     assert proc.stdout.readline() == b"ready\n"
-    time.sleep(0.3)  # let the CLI settle into waiting, as it would for a human's Ctrl-C
+    time.sleep(settle)  # let the CLI settle into waiting, as for a human's Ctrl-C
     return proc
 
 
@@ -356,32 +357,22 @@ def _finish(proc: subprocess.Popen, timeout: float = 10) -> int | None:
         proc.stdout.close()
 
 
-_HANG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: without --timeout the CLI waits in Sandbox.wait() holding the handle's lock; "
-           "the forwarding signal handler's send_signal() then deadlocks on it (hangs)",
-)
-
-
-@pytest.mark.parametrize(("signame", "code"), [
-    pytest.param("TERM", 7, marks=_HANG), pytest.param("INT", 8, marks=_HANG),
-    pytest.param("HUP", 9, marks=_HANG),
-])
-def test_cli_forwards_signals(signame, code, procs, sleep_marker):
-    proc = _start_trapping_cli(signame, code, sleep_marker)
+@pytest.mark.parametrize(("signame", "code"), [("TERM", 7), ("INT", 8), ("HUP", 9),
+                                               ("USR1", 10)])
+@pytest.mark.parametrize("extra", [(), ("--timeout", "60")], ids=["plain", "with-timeout"])
+def test_cli_forwards_signals(signame, code, extra, procs, sleep_marker):
+    proc = _start_trapping_cli(signame, code, sleep_marker, *extra)
     proc.send_signal(getattr(signal, f"SIG{signame}"))
-    rc = _finish(proc, timeout=3)
+    rc = _finish(proc, timeout=10)
+    assert rc == code  # None: the CLI hung
     assert procs.wait_gone(sleep_marker, timeout=5) == []
-    assert rc == code
 
 
-@pytest.mark.parametrize(("signame", "code"), [("TERM", 7), ("INT", 8), ("USR1", 10)])
-def test_cli_forwards_signals_with_timeout_option(signame, code, procs, sleep_marker):
-    proc = _start_trapping_cli(signame, code, sleep_marker, "--timeout", "60")
-    proc.send_signal(getattr(signal, f"SIG{signame}"))
-    rc = _finish(proc)
+def test_cli_forwards_signal_sent_right_after_start(procs, sleep_marker):
+    proc = _start_trapping_cli("TERM", 7, sleep_marker, settle=0)
+    proc.terminate()
+    assert _finish(proc, timeout=10) == 7
     assert procs.wait_gone(sleep_marker, timeout=5) == []
-    assert rc == code
 
 
 def test_cli_sigterm_default_action(procs, sleep_marker):

@@ -201,3 +201,26 @@ def test_sandbox_constructor_validates_too(monkeypatch):
 def test_unknown_option_is_a_type_error():
     with pytest.raises(TypeError):
         nsbox.run(["true"], no_such_option=1)
+
+
+def _closed_fd() -> int:
+    fd = 987
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    return fd
+
+
+def test_bad_pass_fd_is_a_setup_error():
+    with pytest.raises(nsbox.SandboxSetupError) as info:
+        nsbox.run(["true"], pass_fds=[_closed_fd()])
+    assert info.value.errno == errno.EBADF
+    assert info.value.stage == "fds"
+
+
+def test_bad_pass_fd_message_names_the_fd():
+    fd = _closed_fd()
+    with pytest.raises(nsbox.SandboxSetupError) as info:
+        nsbox.run(["true"], pass_fds=[fd])
+    assert str(fd) in str(info.value)

@@ -74,10 +74,6 @@ def test_bind_readonly(data):
     assert (data / "hello.txt").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a read-only Bind is made read-only inside the sandbox's own user namespace (not "
-    "locked) and the command keeps CAP_SYS_ADMIN there: `mount -o remount,bind,rw DST` "
-    "succeeds and the write reaches the host file"))
 def test_readonly_bind_cannot_be_remounted_read_write(data):
     target = f"/srv/{uniq()}"
     run(f"mount -o remount,bind,rw {target} 2>/dev/null; echo changed > {target}/hello.txt",

@@ -28,8 +28,9 @@ TARGETS = ["/tmp/h1", "/tmp/h1/h2", "/mnt/nsbx-h1", "/nsbx-h/a", "/nsbx-h/a/b", 
 
 
 @st.composite
-def mounts(draw, sources):
-    targets = draw(st.lists(st.sampled_from(TARGETS), max_size=3, unique=True))
+def mounts(draw, sources, extra_targets=()):
+    targets = draw(st.lists(st.sampled_from([*TARGETS, *extra_targets]), max_size=3,
+                            unique=True))
     out = []
     for dst in targets:
         if draw(st.booleans()):
@@ -67,7 +68,10 @@ def test_random_specs_run_and_leak_nothing(tmp_path):
         (d / "file").write_text(name)
         sources.append(str(d))
     tmp_path.chmod(0o755)
-    watched = [*sources, "/", "/mnt", "/srv", "/etc"]
+    watched = [*sources, str(tmp_path), "/", "/mnt", "/srv", "/etc"]
+    # Targets under tmp_path too: inside the private /tmp, or mirrored when tmp_path is
+    # elsewhere; on the host they must never appear.
+    extra_targets = [str(tmp_path / "tgt"), str(tmp_path / "tgt" / "sub"), str(tmp_path / "s1")]
     host_name = socket.gethostname()
     hostname_bin, id_bin, env_bin = _tool("hostname"), _tool("id"), _tool("env")
 
@@ -77,7 +81,7 @@ def test_random_specs_run_and_leak_nothing(tmp_path):
         env=st.one_of(st.none(), st.dictionaries(ENV_NAMES, ENV_VALUES, max_size=5)),
         uid=IDS,
         gid=IDS,
-        mount_list=mounts(sources),
+        mount_list=mounts(sources, extra_targets),
         network=st.sampled_from(["none", "host"]),
     )
     def check(hostname, env, uid, gid, mount_list, network):

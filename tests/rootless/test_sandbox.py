@@ -70,8 +70,6 @@ def test_communicate_text():
     assert err is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: text=True with bufsize=1 (line buffering, fine for "
-                   "Popen) opens the binary stream with buffering=1 and emits RuntimeWarning")
 def test_line_buffered_text_streams_do_not_warn():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -207,9 +205,6 @@ def test_sandbox_repr_and_args():
     assert "nsbox.Sandbox" in repr(box)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Sandbox.wait() without a timeout holds the handle's "
-                   "lock while blocked in waitid, so send_signal/terminate/kill from another "
-                   "thread block until the sandbox exits")
 def test_wait_in_one_thread_terminate_from_another(sleep_marker):
     """Popen allows this: wait() blocks in one thread while another sends SIGTERM."""
     box = nsbox.Sandbox(trap_script("TERM", 7, sleep_marker), stdout=nsbox.PIPE)
@@ -237,9 +232,6 @@ class _Deadlock(Exception):
     pass
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a signal handler calling send_signal() while the "
-                   "main thread is in Sandbox.wait() deadlocks on the handle's lock (this is "
-                   "what `python -m nsbox run` does without --timeout)")
 def test_send_signal_from_signal_handler_during_wait(sleep_marker):
     """A Python signal handler that forwards to the sandbox while wait() blocks (as the CLI
     does) must not deadlock."""
