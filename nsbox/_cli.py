@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from typing import Any
 
 EXIT_TIMEOUT = 124
 EXIT_NSBOX = 125
@@ -210,7 +209,7 @@ def parse_run(argv: list[str]):
         cmd = cmd[1:]
     if not cmd:
         raise CliError("no command given (usage: python -m nsbox run [options] -- CMD [ARGS...])")
-    mounts: list[Any] = []
+    mounts: list[object] = []
     for kind, value in ns.mounts or ():
         if kind == "tmpfs":
             dst, size, mode = value
@@ -293,7 +292,7 @@ class _StatusWriter:
         except OSError as exc:
             raise CliError(f"--status-fd {self.fd}: {exc.strerror}") from None
 
-    def event(self, **fields: Any) -> None:
+    def event(self, **fields: object) -> None:
         if self.fd is None:
             return
         import json

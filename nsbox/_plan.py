@@ -8,8 +8,7 @@ working directory and environment are inputs, so the function stays pure.
 
 from __future__ import annotations
 
-import dataclasses
-
+from ._frozen import Frozen
 from ._spec import Bind, Spec, Tmpfs
 
 __all__ = ["Plan", "PlanMount", "make_plan", "NS_BITS", "MNT_BIND", "MNT_TMPFS", "MNT_PROC",
@@ -31,15 +30,26 @@ CAPABILITIES = {
 DEFAULT_CAPS = sum(1 << bit for bit in CAPABILITIES.values())
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PlanMount:
+class PlanMount(Frozen):
+    """One mount op; `origin` is the spec's Bind/Tmpfs or the description of a default."""
+
+    __slots__ = ("kind", "dst", "src", "flags", "size", "mode", "origin")
     kind: int
     dst: str  # absolute, inside the sandbox
-    src: str | None = None
-    flags: int = 0
-    size: int | None = None
-    mode: int | None = None
-    origin: object = None  # the spec element (Bind/Tmpfs) or a description of a default
+    src: str | None
+    flags: int
+    size: int | None
+    mode: int | None
+    origin: object
+
+    def __init__(self, kind: int, dst: str, src: str | None = None, flags: int = 0,
+                 size: int | None = None, mode: int | None = None, origin: object = None):
+        for name, value in zip(self.__slots__, (kind, dst, src, flags, size, mode, origin),
+                               strict=True):
+            self._set(name, value)
+
+    def with_flags(self, flags: int) -> PlanMount:
+        return PlanMount(self.kind, self.dst, self.src, flags, self.size, self.mode, self.origin)
 
     def describe(self) -> str:
         if isinstance(self.origin, (Bind, Tmpfs)):
@@ -47,8 +57,12 @@ class PlanMount:
         return str(self.origin)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Frozen):
+    """Everything the C side needs, in the order it needs it."""
+
+    __slots__ = ("argv", "env", "namespaces", "ns_bits", "root", "root_readonly", "mounts",
+                 "uid_map", "gid_map", "setid_uid", "setid_gid", "hostname", "cwd",
+                 "cwd_required", "pass_fds", "keep_caps")
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     namespaces: frozenset[str]
@@ -64,7 +78,14 @@ class Plan:
     cwd: str | None
     cwd_required: bool
     pass_fds: tuple[int, ...]
-    keep_caps: int = DEFAULT_CAPS
+    keep_caps: int
+
+    def __init__(self, **fields: object):
+        fields.setdefault("keep_caps", DEFAULT_CAPS)
+        if set(fields) != set(self.__slots__):
+            raise TypeError(f"Plan fields: {sorted(set(fields) ^ set(self.__slots__))}")
+        for name, value in fields.items():
+            self._set(name, value)
 
 
 def _is_under(path: str, parent: str) -> bool:
@@ -101,7 +122,7 @@ def _mounts(spec: Spec) -> tuple[PlanMount, ...]:
                 holder = prev
         in_scratch = holder is not None and holder.kind in (MNT_TMPFS, MNT_DEV)
         if in_scratch:
-            m = dataclasses.replace(m, flags=m.flags | MF_IN_SCRATCH)
+            m = m.with_flags(m.flags | MF_IN_SCRATCH)
         out.append(m)
     return tuple(out)
 

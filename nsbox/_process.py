@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 import warnings
-from typing import Any
 
 from . import _errors, _native, _plan, _protocol
 from ._spec import Spec, make_spec
@@ -91,11 +90,11 @@ class Sandbox:
 
     def __init__(
         self,
-        args: Any,
+        args: object,
         *,
-        stdin: Any = None,
-        stdout: Any = None,
-        stderr: Any = None,
+        stdin: object = None,
+        stdout: object = None,
+        stderr: object = None,
         text: bool | None = None,
         encoding: str | None = None,
         errors: str | None = None,
@@ -103,7 +102,7 @@ class Sandbox:
         bufsize: int = -1,
         _debug_fail: tuple[str, int] | None = None,
         _lazy_start: bool = False,
-        **options: Any,
+        **options: object,
     ):
         self.returncode: int | None = None
         self.pid: int | None = None
@@ -115,7 +114,7 @@ class Sandbox:
         self._lock = threading.RLock()
         self._closed_streams = False
         self.stdin = self.stdout = self.stderr = None
-        self._outputs: dict[Any, list[bytes]] = {}
+        self._outputs: dict[object, list[bytes]] = {}
         self._input_offset = 0
         self._input: bytes | None = None
 
@@ -428,7 +427,7 @@ class Sandbox:
 
     # -- I/O -------------------------------------------------------------------
 
-    def communicate(self, input: Any = None, timeout: float | None = None):
+    def communicate(self, input: object = None, timeout: float | None = None):
         """Send `input`, read stdout/stderr to EOF, wait; like Popen.communicate."""
         if self._closed_streams and input:
             raise ValueError("Cannot send input after starting communication")
@@ -551,13 +550,13 @@ class Sandbox:
 
 
 def run(
-    args: Any,
+    args: object,
     *,
-    input: Any = None,
+    input: object = None,
     capture_output: bool = False,
     timeout: float | None = None,
     check: bool = False,
-    **kwargs: Any,
+    **kwargs: object,
 ) -> Result:
     """Run a command in a new sandbox and wait for it, like subprocess.run.
 

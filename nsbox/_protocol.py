@@ -7,8 +7,9 @@ yields whole records; what it yields does not depend on how bytes arrive.
 
 from __future__ import annotations
 
-import dataclasses
 import struct
+
+from ._frozen import Frozen
 
 __all__ = ["Record", "Decoder", "RECORD_SIZE", "MAGIC", "ERROR", "STARTED", "EXITED",
            "ProtocolError", "encode"]
@@ -23,13 +24,20 @@ class ProtocolError(ValueError):
     """Bytes that are not a record stream from nsbox's C side."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Record:
+class Record(Frozen):
+    __slots__ = ("kind", "stage", "err", "index", "value")
     kind: int
-    stage: int = 0
-    err: int = 0
-    index: int = 0
-    value: int = 0
+    stage: int
+    err: int
+    index: int
+    value: int
+
+    def __init__(self, kind: int, stage: int = 0, err: int = 0, index: int = 0, value: int = 0):
+        self._set("kind", kind)
+        self._set("stage", stage)
+        self._set("err", err)
+        self._set("index", index)
+        self._set("value", value)
 
 
 def encode(record: Record) -> bytes:

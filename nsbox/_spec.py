@@ -7,16 +7,16 @@ at fault.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from ._errors import SpecError
+from ._frozen import Frozen, FrozenInstanceError
 
-__all__ = ["Spec", "Bind", "Tmpfs", "NAMESPACES", "NETWORK_MODES", "parse_size", "make_spec"]
+__all__ = ["Spec", "Bind", "Tmpfs", "NAMESPACES", "NETWORK_MODES", "parse_size", "make_spec",
+           "FrozenInstanceError"]
 
 NAMESPACES = ("user", "mount", "pid", "uts", "ipc", "net", "cgroup")
 NETWORK_MODES = ("none", "host")
@@ -30,7 +30,7 @@ _SIZE = re.compile(r"([0-9]{1,20})\s*([kmgtKMGT]?)(?:i?[bB])?\Z")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def _fs(value: Any, what: str) -> str:
+def _fs(value: object, what: str) -> str:
     """A str or bytes or PathLike as str (bytes via the filesystem encoding)."""
     if isinstance(value, bool) or value is None:
         raise SpecError(f"{what} must be a path or string, not {value!r}")
@@ -53,7 +53,7 @@ def _encoded_len(value: str) -> int:
     return len(os.fsencode(value))
 
 
-def check_path(value: Any, what: str, *, allow_root: bool = True) -> str:
+def check_path(value: object, what: str, *, allow_root: bool = True) -> str:
     """An absolute path without NUL or '..', normalized ('//' and trailing '/' removed)."""
     path = _fs(value, what)
     if not path.startswith("/"):
@@ -70,7 +70,7 @@ def check_path(value: Any, what: str, *, allow_root: bool = True) -> str:
     return norm
 
 
-def check_hostname(value: Any) -> str:
+def check_hostname(value: object) -> str:
     if not isinstance(value, str):
         raise SpecError(f"hostname must be a string, not {type(value).__name__}")
     if not value:
@@ -87,7 +87,7 @@ def check_hostname(value: Any) -> str:
     return value
 
 
-def check_id(value: Any, what: str) -> int:
+def check_id(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{what} must be an integer, not {value!r}")
     if value < 0 or value > MAX_ID:
@@ -95,7 +95,7 @@ def check_id(value: Any, what: str) -> int:
     return value
 
 
-def parse_size(value: Any, what: str = "size") -> int:
+def parse_size(value: object, what: str = "size") -> int:
     """Bytes from an int or a string like '64M', '1g', '512KiB' (binary units)."""
     if isinstance(value, bool):
         raise SpecError(f"{what} must be a number of bytes or a string like '64M', not {value!r}")
@@ -115,43 +115,42 @@ def parse_size(value: Any, what: str = "size") -> int:
     return size
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Bind:
+class Bind(Frozen):
     """Bind host path `src` at `dst` inside the sandbox (default: the same path)."""
 
+    __slots__ = ("src", "dst", "readonly")
     src: str
-    dst: str | None = None
-    readonly: bool = False
+    dst: str
+    readonly: bool
 
-    def __post_init__(self):
-        src = check_path(self.src, "bind source")
-        dst = check_path(src if self.dst is None else self.dst, "bind target", allow_root=False)
-        if not isinstance(self.readonly, bool):
-            raise SpecError(f"readonly must be a bool, not {self.readonly!r}")
-        object.__setattr__(self, "src", src)
-        object.__setattr__(self, "dst", dst)
+    def __init__(self, src: object, dst: object = None, readonly: object = False):
+        src = check_path(src, "bind source")
+        dst = check_path(src if dst is None else dst, "bind target", allow_root=False)
+        if not isinstance(readonly, bool):
+            raise SpecError(f"readonly must be a bool, not {readonly!r}")
+        self._set("src", src)
+        self._set("dst", dst)
+        self._set("readonly", readonly)
 
     def describe(self) -> str:
         kind = "ro-bind" if self.readonly else "bind"
         return f"{kind} {self.src} -> {self.dst}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Tmpfs:
+class Tmpfs(Frozen):
     """A fresh tmpfs at `dst`; `size` in bytes or like '64M' (None: the kernel's default)."""
 
+    __slots__ = ("dst", "size", "mode")
     dst: str
-    size: int | str | None = None
-    mode: int = 0o755
+    size: int | None
+    mode: int
 
-    def __post_init__(self):
-        object.__setattr__(self, "dst", check_path(self.dst, "tmpfs target", allow_root=False))
-        if self.size is not None:
-            object.__setattr__(self, "size", parse_size(self.size, "tmpfs size"))
-        if isinstance(self.mode, bool) or not isinstance(self.mode, int) or not (
-            0 <= self.mode <= 0o7777
-        ):
-            raise SpecError(f"tmpfs mode must be an integer between 0 and 0o7777: {self.mode!r}")
+    def __init__(self, dst: object, size: object = None, mode: object = 0o755):
+        self._set("dst", check_path(dst, "tmpfs target", allow_root=False))
+        self._set("size", None if size is None else parse_size(size, "tmpfs size"))
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise SpecError(f"tmpfs mode must be an integer between 0 and 0o7777: {mode!r}")
+        self._set("mode", mode)
 
     def describe(self) -> str:
         size = f" size={self.size}" if self.size is not None else ""
@@ -161,7 +160,7 @@ class Tmpfs:
 Mount = Bind | Tmpfs
 
 
-def _args(value: Any) -> tuple[str, ...]:
+def _args(value: object) -> tuple[str, ...]:
     if isinstance(value, (str, bytes, os.PathLike)):
         items = [value]
     else:
@@ -177,7 +176,7 @@ def _args(value: Any) -> tuple[str, ...]:
     return out
 
 
-def _env(value: Any) -> tuple[tuple[str, str], ...] | None:
+def _env(value: object) -> tuple[tuple[str, str], ...] | None:
     if value is None:
         return None
     if isinstance(value, Mapping):
@@ -199,7 +198,7 @@ def _env(value: Any) -> tuple[tuple[str, str], ...] | None:
     return tuple(out.items())
 
 
-def _pass_fds(value: Any) -> tuple[int, ...]:
+def _pass_fds(value: object) -> tuple[int, ...]:
     try:
         fds = list(value)
     except TypeError:
@@ -210,7 +209,7 @@ def _pass_fds(value: Any) -> tuple[int, ...]:
     return tuple(sorted({fd for fd in fds if fd > 2}))
 
 
-def _mounts(value: Any) -> tuple[Mount, ...]:
+def _mounts(value: object) -> tuple[Mount, ...]:
     if isinstance(value, (Bind, Tmpfs)):
         value = [value]
     try:
@@ -227,7 +226,7 @@ def _mounts(value: Any) -> tuple[Mount, ...]:
     return mounts
 
 
-def _namespaces(value: Any, network: str) -> frozenset[str]:
+def _namespaces(value: object, network: str) -> frozenset[str]:
     if value is None:
         chosen = set(NAMESPACES)
         if network == "host":
@@ -252,28 +251,37 @@ def _namespaces(value: Any, network: str) -> frozenset[str]:
     return chosen
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Spec:
+class Spec(Frozen):
     """A validated, frozen, reusable description of a sandbox.
 
     The option names are those of nsbox.run; a Spec is accepted wherever
     options are, and options given beside it override its fields.
     """
 
+    __slots__ = ("args", "env", "cwd", "pass_fds", "rootfs", "mounts", "network", "hostname",
+                 "uid", "gid", "namespaces")
     args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...] | None = None
-    cwd: str | None = None
-    pass_fds: tuple[int, ...] = ()
-    rootfs: str | None = None
-    mounts: tuple[Mount, ...] = ()
-    network: str | None = None
-    hostname: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-    namespaces: frozenset[str] | None = None
+    env: tuple[tuple[str, str], ...] | None
+    cwd: str | None
+    pass_fds: tuple[int, ...]
+    rootfs: str | None
+    mounts: tuple[Mount, ...]
+    network: str
+    hostname: str | None
+    uid: int | None
+    gid: int | None
+    namespaces: frozenset[str]
 
-    def __post_init__(self):
+    def __init__(self, args: object, env: object = None, cwd: object = None,
+                 pass_fds: object = (), rootfs: object = None, mounts: object = (),
+                 network: object = None, hostname: object = None, uid: object = None,
+                 gid: object = None, namespaces: object = None):
         set_ = object.__setattr__
+        for name, value in (("args", args), ("env", env), ("cwd", cwd), ("pass_fds", pass_fds),
+                            ("rootfs", rootfs), ("mounts", mounts), ("network", network),
+                            ("hostname", hostname), ("uid", uid), ("gid", gid),
+                            ("namespaces", namespaces)):
+            set_(self, name, value)
         explicit = self.namespaces
         if isinstance(explicit, str):
             explicit = [v for v in explicit.split(",") if v]
@@ -319,22 +327,22 @@ class Spec:
         """The environment as a dict, or None to inherit the caller's."""
         return None if self.env is None else dict(self.env)
 
-    def replace(self, **changes: Any) -> Spec:
+    def replace(self, **changes: object) -> Spec:
         """A copy with some fields changed (args too), validated again."""
         args = changes.pop("args", self.args)
         return make_spec(self if args is self.args else Spec(args, **_fields(self, "args")),
                          **changes)
 
 
-SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))
+SPEC_FIELDS = Spec.__slots__
 
 
-def _fields(spec: Spec, *skip: str) -> dict[str, Any]:
+def _fields(spec: Spec, *skip: str) -> dict[str, object]:
     return {name: getattr(spec, name) for name in SPEC_FIELDS if name not in skip}
 SPEC_OPTIONS = frozenset(SPEC_FIELDS) - {"args"}
 
 
-def make_spec(args: Any, **options: Any) -> Spec:
+def make_spec(args: object, **options: object) -> Spec:
     """A Spec from args (or a Spec) and options; unknown options are a TypeError."""
     unknown = set(options) - SPEC_OPTIONS
     if unknown:

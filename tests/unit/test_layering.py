@@ -25,7 +25,7 @@ EXCLUSIVE = {  # third-party or native module -> the one nsbox module allowed to
     "psutil": "_stats",
     "trio": "_supervisor",
 }
-PURE = {"_spec", "_plan", "_protocol", "_errors"}
+PURE = {"_spec", "_plan", "_protocol", "_errors", "_frozen"}
 LIGHT = {"_cli": ("trio", "pyroute2")}  # no module-level import of these
 
 
