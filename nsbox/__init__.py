@@ -19,10 +19,20 @@ from ._errors import (
     SpecError,
     UnsupportedError,
 )
-from ._process import DEVNULL, PIPE, STDOUT, Result, Sandbox, run
+from ._process import DEVNULL, PIPE, STDOUT, Sandbox, run
 from ._spec import NAMESPACES, Bind, Spec, Tmpfs
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Result subclasses subprocess.CompletedProcess: imported on first use so
+    # that `python -m nsbox run` does not pay for importing subprocess.
+    if name == "Result":
+        from ._result import Result
+
+        return Result
+    raise AttributeError(f"module 'nsbox' has no attribute {name!r}")
 
 __all__ = [
     "run",

@@ -10,7 +10,6 @@ cost of every sandbox started from a shell).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -48,9 +47,8 @@ class CliError(Exception):
     """A usage error: printed as one `nsbox: ...` line, exit 125."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would exit 2 with a usage dump
-        raise CliError(message)
+class _BadValue(ValueError):
+    """An option value our converters reject (argparse reports it as such)."""
 
 
 def _split_colon(value: str) -> list[str]:
@@ -79,14 +77,14 @@ def _escape_colon(path: str) -> str:
 def _bind_arg(value: str) -> tuple[str, str | None]:
     parts = _split_colon(value)
     if not parts[0] or len(parts) > 2:
-        raise argparse.ArgumentTypeError(f"expected SRC[:DST], got {value!r}")
+        raise _BadValue(f"expected SRC[:DST], got {value!r}")
     return parts[0], (parts[1] if len(parts) == 2 else None)
 
 
 def _tmpfs_arg(value: str) -> tuple[str, str | None, int | None]:
     parts = _split_colon(value)
     if len(parts) > 2:
-        raise argparse.ArgumentTypeError(f"expected DST[:size=N,mode=M], got {value!r}")
+        raise _BadValue(f"expected DST[:size=N,mode=M], got {value!r}")
     dst, opts = parts[0], (parts[1] if len(parts) == 2 else "")
     size = mode = None
     for opt in filter(None, opts.split(",")):
@@ -97,44 +95,67 @@ def _tmpfs_arg(value: str) -> tuple[str, str | None, int | None]:
             try:
                 mode = int(val, 8)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"tmpfs mode must be octal: {val!r}") from None
+                raise _BadValue(f"tmpfs mode must be octal: {val!r}") from None
         else:
-            raise argparse.ArgumentTypeError(
+            raise _BadValue(
                 f"unknown tmpfs option {opt!r} (expected size=N or mode=OCTAL)"
             )
     return dst, size, mode
-
-
-class _MountAction(argparse.Action):
-    """--bind/--ro-bind/--tmpfs append to one list, so their order is kept."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        mounts = list(getattr(namespace, "mounts", None) or [])
-        mounts.append((self.const, values))
-        namespace.mounts = mounts
 
 
 def _int_arg(value: str) -> int:
     try:
         return int(value, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        raise _BadValue(f"expected an integer, got {value!r}") from None
 
 
 def _timeout_arg(value: str) -> float:
     try:
         t = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+        raise _BadValue(f"expected seconds, got {value!r}") from None
     if not t > 0 or t != t or t == float("inf"):
-        raise argparse.ArgumentTypeError(f"timeout must be a positive number: {value!r}")
+        raise _BadValue(f"timeout must be a positive number: {value!r}")
     return t
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m nsbox", description="Fast Linux namespace sandboxes.",
+def _network_arg(value: str) -> str:
+    if value not in ("none", "host"):
+        raise _BadValue(f"invalid choice: {value!r} (choose from 'none', 'host')")
+    return value
+
+
+def build_parser():
+    """The argparse parser: --help, and the messages for argv the fast path declines."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # argparse would exit 2 with a usage dump
+            raise CliError(message)
+
+    class MountAction(argparse.Action):
+        """--bind/--ro-bind/--tmpfs append to one list, so their order is kept."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            mounts = list(getattr(namespace, "mounts", None) or [])
+            mounts.append((self.const, values))
+            namespace.mounts = mounts
+
+    def typed(fn):
+        def convert(value):
+            try:
+                return fn(value)
+            except _BadValue as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        convert.__name__ = fn.__name__
+        return convert
+
+    _bind, _tmpfs, _int, _timeout = map(typed, (_bind_arg, _tmpfs_arg, _int_arg, _timeout_arg))
+    parser = Parser(prog="python -m nsbox", description="Fast Linux namespace sandboxes.",
                      allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     run = sub.add_parser(
         "run", help="run a command in a new sandbox", description=RUN_DESCRIPTION,
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -143,15 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     fs = run.add_argument_group("filesystem")
     fs.add_argument("--rootfs", metavar="DIR",
                     help="use DIR (read-only) as / instead of the host's root")
-    fs.add_argument("--bind", metavar="SRC[:DST]", action=_MountAction, const="bind",
-                    type=_bind_arg, dest="mounts",
+    fs.add_argument("--bind", metavar="SRC[:DST]", action=MountAction, const="bind",
+                    type=_bind, dest="mounts",
                     help="bind host path SRC read-write at DST (default: the same path); "
                          "a missing DST is created in the sandbox's view only; write '\\:' "
                          "for a ':' in a path")
-    fs.add_argument("--ro-bind", metavar="SRC[:DST]", action=_MountAction, const="ro-bind",
-                    type=_bind_arg, dest="mounts", help="like --bind, read-only")
-    fs.add_argument("--tmpfs", metavar="DST[:size=N,mode=M]", action=_MountAction,
-                    const="tmpfs", type=_tmpfs_arg, dest="mounts",
+    fs.add_argument("--ro-bind", metavar="SRC[:DST]", action=MountAction, const="ro-bind",
+                    type=_bind, dest="mounts", help="like --bind, read-only")
+    fs.add_argument("--tmpfs", metavar="DST[:size=N,mode=M]", action=MountAction,
+                    const="tmpfs", type=_tmpfs, dest="mounts",
                     help="a fresh tmpfs at DST, size in bytes or like 64M, octal mode")
     fs.add_argument("--chdir", metavar="DIR",
                     help="working directory inside (default: the current one if it exists "
@@ -161,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="none: own network namespace with only loopback (default); "
                             "host: share the host's network")
     ident.add_argument("--hostname", metavar="NAME", help="host name inside the sandbox")
-    ident.add_argument("--uid", metavar="N", type=_int_arg, help="uid inside (default 0)")
-    ident.add_argument("--gid", metavar="N", type=_int_arg, help="gid inside (default 0)")
+    ident.add_argument("--uid", metavar="N", type=_int, help="uid inside (default 0)")
+    ident.add_argument("--gid", metavar="N", type=_int, help="gid inside (default 0)")
     ident.add_argument("--namespaces", metavar="LIST",
                        help="comma-separated namespaces to create (default: all of "
                             "user,mount,pid,uts,ipc,net,cgroup)")
@@ -173,9 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--clearenv", action="store_true",
                      help="start from an empty environment instead of the caller's")
     ctl = run.add_argument_group("control")
-    ctl.add_argument("--timeout", metavar="SECONDS", type=_timeout_arg,
+    ctl.add_argument("--timeout", metavar="SECONDS", type=_timeout,
                      help="kill the whole sandbox after SECONDS and exit 124")
-    ctl.add_argument("--status-fd", metavar="FD", type=_int_arg,
+    ctl.add_argument("--status-fd", metavar="FD", type=_int,
                      help="write JSON lines to FD: a 'started' event with the pid, an "
                           "'exited' event with returncode, signal and wall time")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
@@ -183,7 +204,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _env_from(args: argparse.Namespace) -> dict[str, str] | None:
+# -- the fast path -----------------------------------------------------------------
+# argparse costs ~3 ms of import and set-up, a fifth of the CLI's budget over a
+# bare `python -c pass`. Ordinary argv is parsed here with the same meaning;
+# anything else (--help, errors, a value that looks like an option) goes to
+# argparse, which then gives its usual messages. A unit test compares the two.
+
+_VALUE_OPTIONS = {
+    "--rootfs": ("rootfs", str),
+    "--chdir": ("chdir", str),
+    "--network": ("network", _network_arg),
+    "--hostname": ("hostname", str),
+    "--uid": ("uid", _int_arg),
+    "--gid": ("gid", _int_arg),
+    "--namespaces": ("namespaces", str),
+    "--timeout": ("timeout", _timeout_arg),
+    "--status-fd": ("status_fd", _int_arg),
+}
+_MOUNT_OPTIONS = {"--bind": _bind_arg, "--ro-bind": _bind_arg, "--tmpfs": _tmpfs_arg}
+
+
+class RunArgs:
+    """The parsed `run` options (the fields of argparse's Namespace for it)."""
+
+    __slots__ = ("rootfs", "chdir", "network", "hostname", "uid", "gid", "namespaces",
+                 "timeout", "status_fd", "mounts", "env", "clearenv", "cmd")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, None)
+        self.env = []
+        self.clearenv = False
+        self.cmd = []
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _looks_negative(value: str) -> bool:
+    """argparse's test for a value like '-5' or '-.5' (taken as a value, not an option)."""
+    body = value[1:]
+    whole, dot, frac = body.partition(".")
+    if dot:
+        return whole.isdigit() and frac.isdigit() if whole else frac.isdigit()
+    return body.isdigit()
+
+
+def fast_parse(argv: list[str]) -> RunArgs | None:
+    """`run` options -> RunArgs, or None when argparse must decide."""
+    args = RunArgs()
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" or not token.startswith("-") or token == "-":
+            args.cmd = argv[i:]
+            return args
+        name, eq, value = token.partition("=")
+        if name == "--clearenv":
+            if eq:
+                return None
+            args.clearenv = True
+            i += 1
+            continue
+        if name not in _VALUE_OPTIONS and name not in _MOUNT_OPTIONS and name != "--env":
+            return None
+        if eq:
+            if value == "--":  # argparse strips a '--' even from '--opt=--'
+                return None
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                return None
+            value = argv[i + 1]
+            if value.startswith("-") and not _looks_negative(value):
+                return None
+            i += 2
+        try:
+            if name == "--env":
+                args.env.append(value)
+            elif name in _MOUNT_OPTIONS:
+                args.mounts = [*(args.mounts or ()), (name[2:], _MOUNT_OPTIONS[name](value))]
+            else:
+                dest, convert = _VALUE_OPTIONS[name]
+                setattr(args, dest, convert(value))
+        except _BadValue:
+            return None
+    return args
+
+
+def _env_from(args) -> dict[str, str] | None:
     if not args.env and not args.clearenv:
         return None
     env: dict[str, str] = {} if args.clearenv else dict(os.environ)
@@ -202,8 +311,9 @@ def parse_run(argv: list[str]):
     """`run` argv (after the word run) -> (Spec, timeout, status_fd). Raises CliError/SpecError."""
     from ._spec import Bind, Spec, Tmpfs
 
-    parser = build_parser()
-    ns = parser.parse_args(["run", *argv])
+    ns = fast_parse(argv)
+    if ns is None:
+        ns = build_parser().parse_args(["run", *argv])
     cmd = ns.cmd
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

@@ -6,8 +6,8 @@ no Python and allocates nothing.
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 
 from . import _errors
 from ._plan import Plan
@@ -26,7 +26,7 @@ lib = _nsbox_cffi.lib
 INIT_PATH = os.path.join(os.path.dirname(_nsbox_cffi.__file__), "nsbox-init")
 INIT_PID1 = 1
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _cache: dict[str, int] = {}
 _cache_pid = -1
 

@@ -7,43 +7,35 @@ of them are released, and init is killed and reaped, on every path.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import functools
 import io
 import os
-import selectors
+import select
 import signal
-import subprocess
-import threading
 import time
 import warnings
 
 from . import _errors, _native, _plan, _protocol
 from ._spec import Spec, make_spec
 
-__all__ = ["Sandbox", "Result", "run", "PIPE", "DEVNULL", "STDOUT"]
+__all__ = ["Sandbox", "run", "PIPE", "DEVNULL", "STDOUT"]
 
-PIPE = subprocess.PIPE
-DEVNULL = subprocess.DEVNULL
-STDOUT = subprocess.STDOUT
+# subprocess's values (checked by a unit test). `subprocess` itself (with
+# selectors and locale) is imported only where it is needed: start-up time
+# of `python -m nsbox run` is part of every sandbox started from a shell.
+PIPE = -1
+STDOUT = -2
+DEVNULL = -3
+
+
+def _timeout_expired(*args, **kwargs):
+    import subprocess
+
+    return subprocess.TimeoutExpired(*args, **kwargs)
 
 _PIPE_BUF = 65536
-
-
-class Result(subprocess.CompletedProcess):
-    """What nsbox.run returns: a subprocess.CompletedProcess with the sandbox's pid."""
-
-    def __init__(self, args, returncode, stdout=None, stderr=None, pid=None):
-        super().__init__(args, returncode, stdout, stderr)
-        self.pid = pid
-
-    def __repr__(self) -> str:
-        parts = [f"args={self.args!r}", f"returncode={self.returncode!r}", f"pid={self.pid!r}"]
-        if self.stdout is not None:
-            parts.append(f"stdout={self.stdout!r}")
-        if self.stderr is not None:
-            parts.append(f"stderr={self.stderr!r}")
-        return f"Result({', '.join(parts)})"
 
 
 def caller_context() -> dict:
@@ -111,7 +103,7 @@ class Sandbox:
         self._command_pidfd = -1  # only without a pid namespace (see kill)
         # Re-entrant: a signal handler may call send_signal while this thread
         # is inside poll(); never held across a blocking wait.
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
         self._closed_streams = False
         self.stdin = self.stdout = self.stderr = None
         self._outputs: dict[object, list[bytes]] = {}
@@ -359,7 +351,7 @@ class Sandbox:
         # Block on the pidfd without the lock, so kill()/send_signal() from
         # other threads or signal handlers go through meanwhile.
         if not self._ready(timeout):
-            raise subprocess.TimeoutExpired(self.args, timeout)
+            raise _timeout_expired(self.args, timeout)
         with self._lock:
             if self.returncode is None and self._pidfd >= 0:
                 self._finish(self._reap(block=True))
@@ -368,24 +360,21 @@ class Sandbox:
     def _ready(self, timeout: float | None) -> bool:
         """Whether init exits within `timeout` seconds (pidfd readability)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = selectors.PollSelector()
+        poller = select.poll()
         with self._lock:
             if self._pidfd < 0:
                 return True
-            poller.register(self._pidfd, selectors.EVENT_READ)
-        try:
-            while True:
-                if deadline is None:
-                    if poller.select(None):
-                        return True
-                    continue
-                remaining = deadline - time.monotonic()
-                if poller.select(max(remaining, 0)):
+            poller.register(self._pidfd, select.POLLIN)
+        while True:
+            if deadline is None:
+                if poller.poll():
                     return True
-                if remaining <= 0:
-                    return False
-        finally:
-            poller.close()
+                continue
+            remaining = deadline - time.monotonic()
+            if poller.poll(max(remaining, 0) * 1000):
+                return True
+            if remaining <= 0:
+                return False
 
     # -- signals ---------------------------------------------------------------
 
@@ -465,6 +454,8 @@ class Sandbox:
             pass
 
     def _pump(self, deadline, timeout) -> None:
+        import selectors
+
         sel = selectors.PollSelector()
         try:
             if self.stdin is not None and not self.stdin.closed and self._input:
@@ -475,7 +466,7 @@ class Sandbox:
             while sel.get_map():
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise subprocess.TimeoutExpired(
+                    raise _timeout_expired(
                         self.args, timeout, output=self._partial(self.stdout),
                         stderr=self._partial(self.stderr),
                     )
@@ -557,13 +548,17 @@ def run(
     timeout: float | None = None,
     check: bool = False,
     **kwargs: object,
-) -> Result:
+) -> Result:  # noqa: F821 (nsbox._result.Result, imported lazily)
     """Run a command in a new sandbox and wait for it, like subprocess.run.
 
     On timeout the whole sandbox is killed and reaped before
     subprocess.TimeoutExpired is raised; with check=True a non-zero status
     raises subprocess.CalledProcessError.
     """
+    import subprocess
+
+    from ._result import Result
+
     if input is not None:
         if kwargs.get("stdin") is not None:
             raise ValueError("stdin and input arguments may not both be used.")

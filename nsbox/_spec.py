@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
-from collections.abc import Mapping
 
 from ._errors import SpecError
 from ._frozen import Frozen, FrozenInstanceError
@@ -25,8 +23,7 @@ HOST_NAME_MAX = 64
 MAX_ID = 2**32 - 2  # (uid_t)-1 is "no id"
 MAX_FD = 2**31 - 1
 
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
-_SIZE = re.compile(r"([0-9]{1,20})\s*([kmgtKMGT]?)(?:i?[bB])?\Z")
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -70,6 +67,28 @@ def check_path(value: object, what: str, *, allow_root: bool = True) -> str:
     return norm
 
 
+def _host_label(label: str) -> bool:
+    # (No `re`: it is not otherwise imported on the CLI's path.)
+    return (0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-"
+            and all(c in _LABEL_CHARS for c in label))
+
+
+def _parse_size_text(text: str) -> int | None:
+    """'64M', '1g', '512KiB', '100' -> bytes; None if it is not a size."""
+    text = text.strip()
+    digits = 0
+    while digits < len(text) and "0" <= text[digits] <= "9":
+        digits += 1
+    if not 0 < digits <= 20:
+        return None
+    rest = text[digits:].lstrip()
+    unit = rest[:1].lower() if rest[:1].lower() in ("k", "m", "g", "t") else ""
+    suffix = rest[len(unit):]
+    if suffix not in ("", "b", "B", "ib", "iB") or (suffix[:1] == "i" and not unit):
+        return None
+    return int(text[:digits]) * _UNITS[unit]
+
+
 def check_hostname(value: object) -> str:
     if not isinstance(value, str):
         raise SpecError(f"hostname must be a string, not {type(value).__name__}")
@@ -79,7 +98,7 @@ def check_hostname(value: object) -> str:
         raise SpecError(f"hostname {value!r} is not a valid host name (ASCII only)")
     if len(value) > HOST_NAME_MAX:
         raise SpecError(f"hostname is longer than {HOST_NAME_MAX} bytes: {value!r}")
-    if not all(_HOST_LABEL.match(label) for label in value.split(".")):
+    if not all(_host_label(label) for label in value.split(".")):
         raise SpecError(
             f"hostname {value!r} is not a valid host name "
             "(dot-separated labels of letters, digits and '-', not starting or ending with '-')"
@@ -102,10 +121,10 @@ def parse_size(value: object, what: str = "size") -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
-        m = _SIZE.match(value.strip())
-        if not m:
+        parsed = _parse_size_text(value)
+        if parsed is None:
             raise SpecError(f"{what} {value!r} is not a size (e.g. 65536, '64M', '1G')")
-        size = int(m.group(1)) * _UNITS[m.group(2).lower()]
+        size = parsed
     else:
         raise SpecError(f"{what} must be a number of bytes or a string like '64M', not {value!r}")
     if size <= 0:
@@ -179,7 +198,7 @@ def _args(value: object) -> tuple[str, ...]:
 def _env(value: object) -> tuple[tuple[str, str], ...] | None:
     if value is None:
         return None
-    if isinstance(value, Mapping):
+    if hasattr(value, "keys") and hasattr(value, "items"):  # a mapping
         items = list(value.items())
     else:
         try:
