@@ -389,7 +389,9 @@ static int make_dev(int dev)
     for (size_t i = 0; i < sizeof links / sizeof links[0]; i++)
         if (symlinkat(links[i][1], dev, links[i][0]) < 0)
             return -1;
-    if (mkdirat(dev, "pts", 0755) < 0 || mkdirat(dev, "shm", 01777) < 0)
+    /* /dev/shm is a directory of the scratch tmpfs: no superblock of its own. */
+    if (mkdirat(dev, "pts", 0755) < 0 || mkdirat(dev, "shm", 0) < 0 ||
+        fchmodat(dev, "shm", 01777, 0) < 0)
         return -1;
     int pts = sys_fsopen("devpts", NSBOX_FSOPEN_CLOEXEC);
     if (pts < 0)
@@ -406,18 +408,37 @@ static int make_dev(int dev)
         }
     }
     close(pts);
-    if (rc < 0)
-        return -1;
-    int shm = new_fs("tmpfs", NULL, "1777", NSBOX_MOUNT_ATTR_NOSUID | NSBOX_MOUNT_ATTR_NODEV);
-    if (shm < 0)
-        return -1;
-    rc = attach(shm, dev, "shm");
-    close(shm);
     return rc;
 }
 
+static unsigned parse_octal(const char *s)
+{
+    unsigned v = 0;
+    while (s && *s >= '0' && *s <= '7')
+        v = v * 8 + (unsigned)(*s++ - '0');
+    return v;
+}
+
+/*
+ * A bind of directory `name` (mode `mode`) of the sandbox's scratch tmpfs,
+ * made on first use. /dev, /dev/shm and /tmp share it: one superblock
+ * instead of three costs ~0.2 ms less per sandbox.
+ */
+static int scratch_dir(int *scratch, const char *name, unsigned mode)
+{
+    if (*scratch < 0) {
+        *scratch = new_fs("tmpfs", NULL, "0755", NSBOX_MOUNT_ATTR_NOSUID | NSBOX_MOUNT_ATTR_NODEV);
+        if (*scratch < 0)
+            return -1;
+    }
+    /* mkdirat obeys the umask; the mode is set exactly afterwards. */
+    if (mkdirat(*scratch, name, 0) < 0 || fchmodat(*scratch, name, mode, 0) < 0)
+        return -1;
+    return sys_open_tree(*scratch, name, NSBOX_OPEN_TREE_CLONE | NSBOX_OPEN_TREE_CLOEXEC);
+}
+
 /* One mount op of the plan, attached inside the new root. */
-static int do_mount(int *rootfd, const struct nsbox_mount *op)
+static int do_mount(int *rootfd, int *scratch, const struct nsbox_mount *op)
 {
     int src = -1, target = -1, rc = -1;
     int want_dir = 1;
@@ -438,14 +459,18 @@ static int do_mount(int *rootfd, const struct nsbox_mount *op)
         break;
     }
     case NSBOX_MNT_TMPFS:
-        src = new_fs("tmpfs", op->size, op->mode, NSBOX_MOUNT_ATTR_NOSUID | NSBOX_MOUNT_ATTR_NODEV);
+        if (op->flags & NSBOX_MF_SHARED)
+            src = scratch_dir(scratch, op->dst, parse_octal(op->mode));
+        else
+            src = new_fs("tmpfs", op->size, op->mode,
+                         NSBOX_MOUNT_ATTR_NOSUID | NSBOX_MOUNT_ATTR_NODEV);
         break;
     case NSBOX_MNT_PROC:
         src = new_fs("proc", NULL, NULL,
                      NSBOX_MOUNT_ATTR_NOSUID | NSBOX_MOUNT_ATTR_NODEV | NSBOX_MOUNT_ATTR_NOEXEC);
         break;
     case NSBOX_MNT_DEV:
-        src = new_fs("tmpfs", "65536", "0755", NSBOX_MOUNT_ATTR_NOSUID | NSBOX_MOUNT_ATTR_NOEXEC);
+        src = scratch_dir(scratch, "dev", 0755);
         break;
     default:
         errno = EINVAL;
@@ -477,23 +502,38 @@ static void build_filesystem(const struct nsbox_spec *s)
 {
     if (!(s->namespaces & NSBOX_NS_MOUNT) || s->root == NULL)
         return;
+    /* Without a user namespace the copied mounts are still shared with the
+     * host's (and pivot_root refuses shared mounts): make them private. In a
+     * user namespace they are already slaves, and only the new tree (below)
+     * needs to be private, which costs less than walking the whole copy. */
     inject(s, NSBOX_STAGE_MOUNT_PRIVATE, 0);
-    TRY(s, NSBOX_STAGE_MOUNT_PRIVATE, 0, sys_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
+    if (!(s->namespaces & NSBOX_NS_USER))
+        TRY(s, NSBOX_STAGE_MOUNT_PRIVATE, 0,
+            sys_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL));
 
     inject(s, NSBOX_STAGE_ROOT, 0);
     int root = sys_open_tree(AT_FDCWD, s->root,
                              NSBOX_OPEN_TREE_CLONE | NSBOX_OPEN_TREE_CLOEXEC | AT_RECURSIVE);
     TRY(s, NSBOX_STAGE_ROOT, 0, root);
+    /* One pass over the new tree: private, and read-only unless asked not to be. */
+    struct nsbox_mount_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.propagation = MS_PRIVATE;
     if (s->root_flags & NSBOX_MF_READONLY)
-        TRY(s, NSBOX_STAGE_ROOT, 0, set_readonly(root, 1));
+        attr.attr_set = NSBOX_MOUNT_ATTR_RDONLY;
+    TRY(s, NSBOX_STAGE_ROOT, 0,
+        sys_mount_setattr(root, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr));
     /* Stacked on /: absolute paths keep resolving in the old root (the
      * process root) until pivot_root, which is what bind sources need. */
     TRY(s, NSBOX_STAGE_ROOT, 0, attach(root, AT_FDCWD, "/"));
 
+    int scratch = -1;
     for (uint32_t i = 0; i < s->n_mounts; i++) {
         inject(s, NSBOX_STAGE_MOUNT, (int)i);
-        TRY(s, NSBOX_STAGE_MOUNT, (int)i, do_mount(&root, &s->mounts[i]));
+        TRY(s, NSBOX_STAGE_MOUNT, (int)i, do_mount(&root, &scratch, &s->mounts[i]));
     }
+    if (scratch >= 0)
+        close(scratch);
 
     inject(s, NSBOX_STAGE_PIVOT_ROOT, 0);
     TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, fchdir(root));
