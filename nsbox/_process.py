@@ -55,7 +55,16 @@ def caller_context() -> dict:
 @functools.lru_cache(maxsize=128)
 def _cached_plan(spec: Spec, uid: int, gid: int, cwd: str | None, environ: tuple) -> _plan.Plan:
     return _plan.make_plan(spec, caller_uid=uid, caller_gid=gid, caller_cwd=cwd,
-                           environ=dict(environ))
+                           environ={os.fsdecode(k): os.fsdecode(v) for k, v in environ})
+
+
+def _environ_key() -> tuple:
+    """The caller's environment as (bytes, bytes) pairs, cheaply: os.environ's
+    own encoded dict when it has one (a C-speed copy, no per-item decoding)."""
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        return tuple(data.items())
+    return tuple((os.fsencode(k), os.fsencode(v)) for k, v in os.environ.items())
 
 
 def plan_for(spec: Spec) -> _plan.Plan:
@@ -64,7 +73,7 @@ def plan_for(spec: Spec) -> _plan.Plan:
         cwd = os.getcwd()
     except OSError:
         cwd = None
-    environ = tuple(os.environ.items()) if spec.env is None else ()
+    environ = _environ_key() if spec.env is None else ()
     return _cached_plan(spec, os.geteuid(), os.getegid(), cwd, environ)
 
 
