@@ -10,10 +10,20 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import pathlib
+import sys
 import time
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+# pytest runs with --import-mode=importlib, which puts no test directory on
+# sys.path: the shared helpers (tests/nsbx_test_helpers.py) need this.
+_HERE = str(pathlib.Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from nsbx_test_helpers import children as _children  # noqa: E402
 
 MUST_WORK = os.environ.get("NSBOX_MUST_WORK") == "1"
 
@@ -87,17 +97,6 @@ def _fd_target(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return "?"
-
-
-def _children() -> set[int]:
-    kids: set[int] = set()
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/children") as f:
-                kids.update(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return kids
 
 
 def _mounts() -> int:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
 import subprocess
-import uuid
 
 import pytest
+from nsbx_test_helpers import uniq
 
 import nsbox
 
@@ -28,18 +29,7 @@ def ok(script: str, **kw) -> str:
     return r.stdout
 
 
-def uniq(prefix: str = "nsbx") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
-
-@pytest.fixture
-def data(tmp_path):
-    d = tmp_path / "data"
-    d.mkdir()
-    (d / "hello.txt").write_text("hello from the host\n")
-    for p in (tmp_path, d):
-        p.chmod(0o755)
-    return d
 
 
 # -- namespaces without a user namespace ------------------------------------------------
@@ -273,3 +263,13 @@ def test_many_runs_without_userns_leak_nothing(procs):
     assert len(os.listdir("/proc/self/fd")) == fds
     with open("/proc/self/mountinfo") as f:
         assert sum(1 for _ in f) == mounts
+
+
+def test_setid_stage_failure_is_a_privilege_drop_error():
+    # Only without a user namespace does the child call setresuid/setresgid.
+    with pytest.raises(nsbox.PrivilegeDropError) as info:
+        nsbox.run(["/bin/true"], namespaces=NO_USERNS, uid=0, gid=0,
+                  _debug_fail=("setid", errno.EPERM))
+    exc = info.value
+    assert (exc.stage, exc.errno) == ("setid", errno.EPERM)
+    assert str(exc).startswith("nsbox: setup failed at setid") and "\n" not in str(exc)

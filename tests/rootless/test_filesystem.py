@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
+from nsbx_test_helpers import uniq
 
 import nsbox
 
@@ -20,19 +20,7 @@ def ok(script: str, **kw) -> str:
     return r.stdout
 
 
-def uniq(prefix: str = "nsbx") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
-
-@pytest.fixture
-def data(tmp_path):
-    """A host directory with a file in it, readable by everyone."""
-    d = tmp_path / "data"
-    d.mkdir()
-    (d / "hello.txt").write_text("hello from the host\n")
-    tmp_path.chmod(0o755)
-    d.chmod(0o755)
-    return d
 
 
 # -- binds ---------------------------------------------------------------------------

@@ -18,6 +18,34 @@ import pytest
 MUST_WORK = os.environ.get("NSBOX_MUST_WORK") == "1"
 
 
+def uniq(prefix: str = "nsbx") -> str:
+    """A unique name carrying the nsbx prefix (every object a test creates has it)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def children() -> set[int]:
+    """Pids of this process's children, from every thread."""
+    kids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A host directory with a file in it, readable by everyone (uid 65534 too)."""
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "hello.txt").write_text("hello from the host\n")
+    for p in (tmp_path, d):
+        p.chmod(0o755)
+    return d
+
+
 # -- process searches -------------------------------------------------------------
 
 
@@ -105,16 +133,7 @@ class Procs:
         except OSError:
             return None
 
-    @staticmethod
-    def children() -> set[int]:
-        kids: set[int] = set()
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/children") as f:
-                    kids.update(int(p) for p in f.read().split())
-            except OSError:
-                pass
-        return kids
+    children = staticmethod(children)
 
 
 @pytest.fixture
