@@ -708,7 +708,7 @@ def machine_info() -> dict:
         info["nsbox_version"] = None
     commit = first_line(["git", "-C", str(HERE), "rev-parse", "HEAD"])
     dirty = subprocess.run(
-        ["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "csrc", "nsbox"],
+        ["git", "-C", str(HERE.parent), "status", "--porcelain", "--", "csrc", "src/nsbox"],
         capture_output=True,
         text=True,
     )
