@@ -38,20 +38,6 @@ def _timeout_expired(*args, **kwargs):
 _PIPE_BUF = 65536
 
 
-def caller_context() -> dict:
-    """The caller's identity, working directory and environment, for make_plan."""
-    try:
-        cwd = os.getcwd()
-    except OSError:
-        cwd = None
-    return {
-        "caller_uid": os.geteuid(),
-        "caller_gid": os.getegid(),
-        "caller_cwd": cwd,
-        "environ": os.environ,
-    }
-
-
 @functools.lru_cache(maxsize=128)
 def _cached_plan(spec: Spec, uid: int, gid: int, cwd: str | None, environ: tuple) -> _plan.Plan:
     return _plan.make_plan(spec, caller_uid=uid, caller_gid=gid, caller_cwd=cwd,
@@ -75,10 +61,6 @@ def plan_for(spec: Spec) -> _plan.Plan:
         cwd = None
     environ = _environ_key() if spec.env is None else ()
     return _cached_plan(spec, os.geteuid(), os.getegid(), cwd, environ)
-
-
-def _status_to_returncode(status: int) -> int:
-    return os.waitstatus_to_exitcode(status)
 
 
 class Sandbox:
@@ -327,7 +309,7 @@ class Sandbox:
         except _protocol.ProtocolError:
             record = None
         if record is not None and record.kind == _protocol.EXITED:
-            self.returncode = _status_to_returncode(record.value)
+            self.returncode = os.waitstatus_to_exitcode(record.value)
         elif info is not None and info.si_code == os.CLD_EXITED:
             self.returncode = info.si_status
         elif info is not None:
