@@ -73,7 +73,6 @@ enum nsbox_mount_kind {
 
 #define NSBOX_MF_READONLY 1   /* recursively read-only */
 #define NSBOX_MF_IN_SCRATCH 2 /* dst lies in a tmpfs nsbox made: mkdir missing parts there */
-#define NSBOX_MF_SHARED 4     /* tmpfs: a directory of the one scratch tmpfs that /dev uses */
 
 struct nsbox_mount {
     int32_t kind;

@@ -12,12 +12,12 @@ from ._frozen import Frozen
 from ._spec import Bind, Spec, Tmpfs
 
 __all__ = ["Plan", "PlanMount", "make_plan", "NS_BITS", "MNT_BIND", "MNT_TMPFS", "MNT_PROC",
-           "MNT_DEV", "MF_READONLY", "MF_IN_SCRATCH", "MF_SHARED"]
+           "MNT_DEV", "MF_READONLY", "MF_IN_SCRATCH"]
 
 # Values as in csrc/nsbox.h (a native test checks them against the module).
 NS_BITS = {"user": 1, "mount": 2, "pid": 4, "uts": 8, "ipc": 16, "net": 32, "cgroup": 64}
 MNT_BIND, MNT_TMPFS, MNT_PROC, MNT_DEV = 1, 2, 3, 4
-MF_READONLY, MF_IN_SCRATCH, MF_SHARED = 1, 2, 4
+MF_READONLY, MF_IN_SCRATCH = 1, 2
 
 # The capability bounding set the command keeps: docker's default set. Without
 # CAP_SYS_ADMIN, root inside cannot remount the read-only root read-write or
@@ -108,9 +108,7 @@ def _mounts(spec: Spec) -> tuple[PlanMount, ...]:
     defaults = [PlanMount(MNT_DEV, "/dev", origin="minimal /dev")]
     if "pid" in spec.namespaces:
         defaults.append(PlanMount(MNT_PROC, "/proc", origin="proc /proc"))
-    # /tmp shares one scratch tmpfs with /dev (MF_SHARED): fewer superblocks per sandbox.
-    defaults.append(PlanMount(MNT_TMPFS, "/tmp", flags=MF_SHARED, mode=0o1777,
-                              origin="tmpfs /tmp"))
+    defaults.append(PlanMount(MNT_TMPFS, "/tmp", mode=0o1777, origin="tmpfs /tmp"))
     # A user mount at a default's target replaces the default.
     ordered = [d for d in defaults if d.dst not in taken]
     # Parents before children, as docker does; stable for equal depths.

@@ -42,7 +42,7 @@ def test_mount_kinds_and_flags_match():
         "DEV": _plan.MNT_DEV,
     }
     assert _lib_constants("NSBOX_MF_") == {
-        "READONLY": _plan.MF_READONLY, "IN_SCRATCH": _plan.MF_IN_SCRATCH, "SHARED": _plan.MF_SHARED,
+        "READONLY": _plan.MF_READONLY, "IN_SCRATCH": _plan.MF_IN_SCRATCH,
     }
     # _native.spawn writes 1 for root_flags (read-only root) and cwd_flags (required).
     assert lib.NSBOX_MF_READONLY == 1

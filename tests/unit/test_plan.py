@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from nsbox._plan import (
     MF_IN_SCRATCH,
     MF_READONLY,
-    MF_SHARED,
     MNT_BIND,
     MNT_DEV,
     MNT_PROC,
@@ -146,7 +145,7 @@ def test_mount_fields_and_scratch_flag(spec):
 def test_default_mounts():
     mounts = plan_of(Spec(["true"])).mounts
     assert [(m.kind, m.dst, m.flags) for m in mounts] == [
-        (MNT_DEV, "/dev", 0), (MNT_PROC, "/proc", 0), (MNT_TMPFS, "/tmp", MF_SHARED)
+        (MNT_DEV, "/dev", 0), (MNT_PROC, "/proc", 0), (MNT_TMPFS, "/tmp", 0)
     ]
     assert mounts[2].mode == 0o1777
     no_pid = Spec(["true"], namespaces=["user", "mount", "net"])
