@@ -323,7 +323,9 @@ static int open_target(int *rootp, const char *rel, int want_dir, int in_scratch
         comp[clen] = 0;
         int last = slash == NULL;
         if (last && !want_dir) {
-            int f = openat(dir, comp, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+            /* Never through a symlink: an absolute one would resolve in the
+             * host's root, which is still our root here. */
+            int f = openat(dir, comp, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0644);
             if (f < 0)
                 break;
             close(f);

@@ -323,3 +323,20 @@ def test_explicit_cwd_must_exist():
         nsbox.run(["true"], cwd="/nsbx-no-such-dir")
     assert "/nsbx-no-such-dir" in str(info.value)
     assert info.value.stage == "chdir"
+
+
+def test_a_dangling_symlink_target_never_creates_a_host_file(tmp_path):
+    # The target is an absolute symlink to a writable host path that does not
+    # exist. During setup absolute paths still resolve in the host's root:
+    # nsbox must refuse rather than create the file there.
+    host_dir = tmp_path / "host"
+    host_dir.mkdir()
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "foo").symlink_to(host_dir / "created")
+    src = tmp_path / "src.txt"
+    src.write_text("x")
+    with pytest.raises(nsbox.MountError):
+        nsbox.run(["/bin/true"], rootfs=str(rootfs), mounts=[nsbox.Bind(str(src), "/etc/foo")])
+    assert not (host_dir / "created").exists()
+    assert list(host_dir.iterdir()) == []
