@@ -14,6 +14,11 @@ def test_not_found_with_an_unsearchable_path_dir(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o700)
     os.chown(locked, 65534, 65534)  # owned by an id the sandbox does not map
-    with pytest.raises(nsbox.CommandNotFoundError):
-        nsbox.run(["nsbox-no-such-command-xyz"], mounts=[nsbox.Bind(str(tmp_path), "/nsbox-t")],
-                  env={"PATH": "/nsbox-t/locked:/usr/bin:/bin"})
+    try:
+        with pytest.raises(nsbox.CommandNotFoundError):
+            nsbox.run(["nsbox-no-such-command-xyz"],
+                      mounts=[nsbox.Bind(str(tmp_path), "/nsbox-t")],
+                      env={"PATH": "/nsbox-t/locked:/usr/bin:/bin"})
+    finally:
+        # Later runs under `unshare -r` could not remove a directory of 65534's.
+        locked.rmdir()
