@@ -871,45 +871,31 @@ def compute_targets(
     by_key = {v.key: v for v in variants}
     targets: list[dict] = []
 
-    def ratio(num: str, den: str, what: str, target: float | None, note: str = "") -> None:
+    def compare(kind: str, op, num: str, den: str, what: str, target: float | None,
+                note: str = "") -> None:
         a, b = by_key.get(num), by_key.get(den)
         if not a or not b or not a.samples or not b.samples:
             return
-        value = statistics.median(a.samples) / statistics.median(b.samples)
-        ci = bootstrap_ci(a.samples, b.samples, lambda x, y: x / y, rng)
+        value = op(statistics.median(a.samples), statistics.median(b.samples))
         targets.append(
             {
                 "what": what,
-                "kind": "ratio",
+                "kind": kind,
                 "numerator": num,
                 "denominator": den,
                 "value": value,
-                "ci95": ci,
+                "ci95": bootstrap_ci(a.samples, b.samples, op, rng),
                 "target_max": target,
                 "met": None if target is None else value <= target,
                 "note": note,
             }
         )
 
-    def diff(num: str, den: str, what: str, target: float | None, note: str = "") -> None:
-        a, b = by_key.get(num), by_key.get(den)
-        if not a or not b or not a.samples or not b.samples:
-            return
-        value = (statistics.median(a.samples) - statistics.median(b.samples)) / 1e6
-        ci = bootstrap_ci(a.samples, b.samples, lambda x, y: (x - y) / 1e6, rng)
-        targets.append(
-            {
-                "what": what,
-                "kind": "diff_ms",
-                "numerator": num,
-                "denominator": den,
-                "value": value,
-                "ci95": ci,
-                "target_max": target,
-                "met": None if target is None else value <= target,
-                "note": note,
-            }
-        )
+    def ratio(*args, **kwargs) -> None:
+        compare("ratio", lambda x, y: x / y, *args, **kwargs)
+
+    def diff(*args, **kwargs) -> None:
+        compare("diff_ms", lambda x, y: (x - y) / 1e6, *args, **kwargs)
 
     for label in args.ns_sets:
         ratio(

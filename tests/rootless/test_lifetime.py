@@ -134,12 +134,10 @@ def test_many_runs_leak_nothing(tmp_path, procs, marker):
         dict(mounts=[nsbox.Tmpfs("/nsbx-leak/t", size="1M")], stdout=nsbox.DEVNULL),
         dict(input=b"x", capture_output=True, network="host"),
     ]
-    t0 = time.monotonic()
     for i in range(300):
         kw = variants[i % len(variants)]
         r = nsbox.run(["sh", "-c", "exit $(( $1 % 7 ))", marker, str(i)], **kw)
         assert r.returncode == i % 7
-    elapsed = time.monotonic() - t0
     assert _zombies(procs) == []
     assert procs.children() == kids
     assert _fd_count() == fds
@@ -148,7 +146,6 @@ def test_many_runs_leak_nothing(tmp_path, procs, marker):
     assert sorted(os.listdir("/mnt")) == mnt_before
     assert os.listdir(data) == []
     assert procs.marked(marker) == []
-    assert elapsed < 60
 
 
 def test_many_failed_starts_leak_nothing(procs):
