@@ -25,6 +25,15 @@ def wait_ready(box: nsbox.Sandbox) -> None:
     assert box.stdout.readline() in (b"ready\n", "ready\n")
 
 
+
+def _in_threads(worker, count: int) -> None:
+    """Run worker(0..count-1) in as many threads at once and wait for them all."""
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(100)
+
 def test_poll_and_wait():
     with nsbox.Sandbox(["sh", "-c", "read x; exit 3"], stdin=nsbox.PIPE) as box:
         assert box.poll() is None
@@ -294,11 +303,7 @@ def test_run_from_many_threads():
             with lock:
                 errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(100)
+    _in_threads(worker, 8)
     assert not errors, errors
     assert len(results) == 8 * 12
     for got, want in results:
@@ -319,11 +324,7 @@ def test_sandboxes_from_many_threads_with_pipes():
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(100)
+    _in_threads(worker, 8)
     assert not errors, errors
 
 
