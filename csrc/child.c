@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <net/if.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -83,6 +84,25 @@ static void die_with_parent(const struct nsbox_spec *s)
         if (poll(&p, 1, 0) > 0)
             _exit(NSBOX_EXIT_SETUP);
     }
+}
+
+/*
+ * Before any setup work, so that what setup allocates is charged to the
+ * sandbox and the command never runs outside its cgroup. cgroup v2 cloned us
+ * straight into it (CLONE_INTO_CGROUP); cgroup v1 has no such flag, so the
+ * child moves itself by writing "0" to each hierarchy's cgroup.procs, opened
+ * by the parent (v1 checks the opener's credentials, not ours). The cgroup
+ * namespace is made only now, so that the sandbox's cgroup is its root.
+ */
+static void join_cgroup(const struct nsbox_spec *s)
+{
+    if (s->cgroup_dirfd < 0 && s->n_cgroup_procs == 0)
+        return;
+    inject(s, NSBOX_STAGE_CGROUP, 0);
+    for (uint32_t i = 0; i < s->n_cgroup_procs; i++)
+        TRY(s, NSBOX_STAGE_CGROUP, (int)i, write_all(s->cgroup_procs[i], "0", 1));
+    if (s->namespaces & NSBOX_NS_CGROUP)
+        TRY(s, NSBOX_STAGE_CGROUP, -1, unshare(CLONE_NEWCGROUP));
 }
 
 /* Before anything that needs privilege: map the caller to the identity inside. */
@@ -623,6 +643,7 @@ NSBOX_HIDDEN int nsbox_child_main(void *arg)
     const struct nsbox_spec *s = arg;
     restore_signals();
     die_with_parent(s);
+    join_cgroup(s);
     write_id_maps(s);
     build_filesystem(s);
     set_hostname(s);

@@ -1,7 +1,11 @@
 /*
  * init.c - nsbox-init, pid 1 of every sandbox (a small static executable).
  *
- *   nsbox-init REPORT_FD PARENT_PIDFD FLAGS FAIL_STAGE FAIL_ERRNO -- CMD [ARGS...]
+ *   nsbox-init REPORT_FD PARENT_PIDFD FLAGS FAIL_STAGE FAIL_ERRNO RLIMITS -- CMD [ARGS...]
+ *
+ * RLIMITS is "-" or a comma-separated list of RESOURCE:SOFT:HARD (decimal,
+ * -1 for unlimited), applied to the command alone: init itself needs a few
+ * fds more than a tiny RLIMIT_NOFILE would leave it.
  *
  * Starts the command with vfork+execve (PATH searched inside the sandbox),
  * reports STARTED or the exec error on the report pipe, forwards the usual
@@ -94,14 +98,14 @@ static int exec_command(char **cmd)
     return result;
 }
 
-static void report(int kind, int stage, int err, int value)
+static void report(int kind, int stage, int err, int index, int value)
 {
     struct nsbox_report r;
     r.magic = NSBOX_REPORT_MAGIC;
     r.kind = kind;
     r.stage = stage;
     r.err = err;
-    r.index = 0;
+    r.index = index;
     r.value = value;
     while (rt_write(report_fd, &r, sizeof r) == -RT_EINTR)
         ;
@@ -109,7 +113,7 @@ static void report(int kind, int stage, int err, int value)
 
 static __attribute__((noreturn)) void fail(int stage, long err)
 {
-    report(NSBOX_REPORT_ERROR, stage, (int)-err, 0);
+    report(NSBOX_REPORT_ERROR, stage, (int)-err, 0, 0);
     rt_exit(NSBOX_EXIT_SETUP);
 }
 
@@ -121,16 +125,56 @@ static __attribute__((noreturn)) void exit_like(int status)
     rt_exit((status >> 8) & 0xff);
 }
 
+/*
+ * In the command's child, before execve: set each RESOURCE:SOFT:HARD of
+ * `spec`. Returns 0, or the failing limit's index with its errno in *err.
+ */
+static int apply_rlimits(const char *spec, long *err)
+{
+    int index = 0;
+    if (rt_streq(spec, "-"))
+        return -1;
+    while (*spec) {
+        long resource = parse_int(spec);
+        const char *p = rt_strchr(spec, ':');
+        if (!p) {
+            *err = -22; /* EINVAL: a malformed list is nsbox's bug */
+            return index;
+        }
+        long soft = parse_int(p + 1);
+        p = rt_strchr(p + 1, ':');
+        if (!p) {
+            *err = -22;
+            return index;
+        }
+        long hard = parse_int(p + 1);
+        struct rt_rlimit lim = {.cur = soft < 0 ? ~(uint64_t)0 : (uint64_t)soft,
+                                .max = hard < 0 ? ~(uint64_t)0 : (uint64_t)hard};
+        long rc = rt_setrlimit((int)resource, &lim);
+        if (rc < 0) {
+            *err = rc;
+            return index;
+        }
+        index++;
+        p = rt_strchr(p, ',');
+        if (!p)
+            break;
+        spec = p + 1;
+    }
+    return -1;
+}
+
 static __attribute__((noreturn)) void init_main(int argc, char **argv)
 {
-    if (argc < 8 || !rt_streq(argv[6], "--"))
+    if (argc < 9 || !rt_streq(argv[7], "--"))
         rt_exit(NSBOX_EXIT_SETUP);
     report_fd = (int)parse_int(argv[1]);
     int parent = (int)parse_int(argv[2]);
     long flags = parse_int(argv[3]);
     int fail_stage = (int)parse_int(argv[4]);
     int fail_errno = (int)parse_int(argv[5]);
-    char **cmd = argv + 7;
+    const char *rlimits = argv[6];
+    char **cmd = argv + 8;
     long rc;
 
     /* Signals arrive blocked from the setup child (and are blocked here in
@@ -160,16 +204,27 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     if (!(flags & INIT_PID1))
         rt_prctl(RT_PR_SET_CHILD_SUBREAPER, 1);
 
-    volatile int exec_errno = 0;
+    /* The child shares our memory until it execs (vfork): it leaves its
+     * outcome in these. */
+    volatile int exec_errno = 0, exec_stage = NSBOX_STAGE_EXEC, exec_index = 0;
     long pid = -1;
-    if (fail_stage == NSBOX_STAGE_EXEC) {
+    if (fail_stage == NSBOX_STAGE_EXEC || fail_stage == NSBOX_STAGE_RLIMIT) {
         exec_errno = fail_errno;
+        exec_stage = fail_stage;
     } else {
         pid = rt_vfork();
         if (pid == 0) {
             rt_sigprocmask(RT_SIG_SETMASK, &none);
-            int err = exec_command(cmd);
-            exec_errno = err ? err : RT_ENOEXEC;
+            long err = 0;
+            int bad = apply_rlimits(rlimits, &err);
+            if (bad >= 0) {
+                exec_stage = NSBOX_STAGE_RLIMIT;
+                exec_index = bad;
+                exec_errno = (int)-err;
+                rt_exit(NSBOX_EXIT_SETUP);
+            }
+            int e = exec_command(cmd);
+            exec_errno = e ? e : RT_ENOEXEC;
             rt_exit(127);
         }
         if (pid < 0)
@@ -178,10 +233,12 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     if (exec_errno) {
         if (pid > 0)
             rt_wait((int)pid, NULL, 0);
-        report(NSBOX_REPORT_ERROR, NSBOX_STAGE_EXEC, exec_errno, 0);
+        report(NSBOX_REPORT_ERROR, exec_stage, exec_errno, exec_index, 0);
+        if (exec_stage == NSBOX_STAGE_RLIMIT)
+            rt_exit(NSBOX_EXIT_SETUP);
         rt_exit(exec_errno == RT_ENOENT ? 127 : 126);
     }
-    report(NSBOX_REPORT_STARTED, 0, 0, (int)pid);
+    report(NSBOX_REPORT_STARTED, 0, 0, 0, (int)pid);
     /* init never reads or writes the command's stdio: don't hold pipes open. */
     rt_close(0);
     rt_close(1);
@@ -217,7 +274,7 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
             if (w <= 0)
                 break;
             if (w == pid) {
-                report(NSBOX_REPORT_EXITED, 0, 0, status);
+                report(NSBOX_REPORT_EXITED, 0, 0, 0, status);
                 exit_like(status);
             }
         }

@@ -56,6 +56,12 @@ struct rt_pollfd {
     short revents;
 };
 
+/* struct rlimit64 of prlimit64(2); all ones is RLIM64_INFINITY. */
+struct rt_rlimit {
+    uint64_t cur;
+    uint64_t max;
+};
+
 /* The part of struct signalfd_siginfo we read (the kernel writes 128 bytes). */
 struct rt_siginfo {
     uint32_t signo;
@@ -158,6 +164,10 @@ static inline long rt_kill(int pid, int sig)
 static inline long rt_exists(const char *path)
 {
     return RT_SYS(__NR_faccessat, RT_AT_FDCWD, path, RT_F_OK, 0, 0, 0);
+}
+static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
+{
+    return RT_SYS(__NR_prlimit64, 0, resource, lim, NULL, 0, 0);
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {
@@ -295,6 +305,10 @@ static inline long rt_kill(int pid, int sig)
 static inline long rt_exists(const char *path)
 {
     return rt_ret(access(path, F_OK));
+}
+static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
+{
+    return rt_ret((int)syscall(SYS_prlimit64, 0, resource, lim, NULL));
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* NSBOX_CDEF_BEGIN */
-#define NSBOX_ABI_VERSION 1
+#define NSBOX_ABI_VERSION 2
 #define NSBOX_REPORT_MAGIC 1313096241
 
 /* Setup stages, in the order the child runs them. A failure record names one. */
@@ -21,23 +21,25 @@ enum nsbox_stage {
     NSBOX_STAGE_NONE = 0,
     NSBOX_STAGE_CLONE = 1,        /* parent: clone3/clone */
     NSBOX_STAGE_PARENT_DEATH = 2, /* child: PR_SET_PDEATHSIG and the parent check */
-    NSBOX_STAGE_SETGROUPS = 3,    /* child: /proc/self/setgroups */
-    NSBOX_STAGE_UID_MAP = 4,      /* child: /proc/self/uid_map */
-    NSBOX_STAGE_GID_MAP = 5,      /* child: /proc/self/gid_map */
-    NSBOX_STAGE_MOUNT_PRIVATE = 6,/* child: make / private */
-    NSBOX_STAGE_ROOT = 7,         /* child: clone the root tree, read-only */
-    NSBOX_STAGE_MOUNT = 8,        /* child: mount op [index] */
-    NSBOX_STAGE_PIVOT_ROOT = 9,   /* child: pivot_root and detach the old root */
-    NSBOX_STAGE_HOSTNAME = 10,    /* child: sethostname */
-    NSBOX_STAGE_LOOPBACK = 11,    /* child: bring lo up */
-    NSBOX_STAGE_CAPS = 12,        /* child: capability bounding set, no_new_privs */
-    NSBOX_STAGE_SETID = 13,       /* child: setgroups/setresgid/setresuid (no userns) */
-    NSBOX_STAGE_FDS = 14,         /* child: stdio and fds to keep */
-    NSBOX_STAGE_CHDIR = 15,       /* child: working directory */
-    NSBOX_STAGE_EXEC_INIT = 16,   /* child: execveat of nsbox-init */
-    NSBOX_STAGE_INIT = 17,        /* init: its own setup (signalfd, vfork) */
-    NSBOX_STAGE_EXEC = 18,        /* init: execve of the command */
-    NSBOX_STAGE_COUNT = 19
+    NSBOX_STAGE_CGROUP = 3,       /* child: join the sandbox's cgroup(s), then a cgroup ns */
+    NSBOX_STAGE_SETGROUPS = 4,    /* child: /proc/self/setgroups */
+    NSBOX_STAGE_UID_MAP = 5,      /* child: /proc/self/uid_map */
+    NSBOX_STAGE_GID_MAP = 6,      /* child: /proc/self/gid_map */
+    NSBOX_STAGE_MOUNT_PRIVATE = 7,/* child: make / private */
+    NSBOX_STAGE_ROOT = 8,         /* child: clone the root tree, read-only */
+    NSBOX_STAGE_MOUNT = 9,        /* child: mount op [index] */
+    NSBOX_STAGE_PIVOT_ROOT = 10,  /* child: pivot_root and detach the old root */
+    NSBOX_STAGE_HOSTNAME = 11,    /* child: sethostname */
+    NSBOX_STAGE_LOOPBACK = 12,    /* child: bring lo up */
+    NSBOX_STAGE_CAPS = 13,        /* child: capability bounding set, no_new_privs */
+    NSBOX_STAGE_SETID = 14,       /* child: setgroups/setresgid/setresuid (no userns) */
+    NSBOX_STAGE_FDS = 15,         /* child: stdio and fds to keep */
+    NSBOX_STAGE_CHDIR = 16,       /* child: working directory */
+    NSBOX_STAGE_EXEC_INIT = 17,   /* child: execveat of nsbox-init */
+    NSBOX_STAGE_INIT = 18,        /* init: its own setup (signalfd, vfork) */
+    NSBOX_STAGE_RLIMIT = 19,      /* init: the command's rlimit [index] */
+    NSBOX_STAGE_EXEC = 20,        /* init: execve of the command */
+    NSBOX_STAGE_COUNT = 21
 };
 
 enum nsbox_report_kind {
@@ -108,6 +110,9 @@ struct nsbox_spec {
     const char *cwd;               /* or NULL: / */
     uint32_t cwd_flags;            /* NSBOX_CWD_* */
     uint64_t keep_caps;            /* capabilities left in the bounding set (bit = cap) */
+    const int32_t *cgroup_procs;   /* cgroup v1: cgroup.procs fds the child writes "0" to */
+    uint32_t n_cgroup_procs;
+    int32_t cgroup_dirfd;          /* cgroup v2: the cgroup to clone into (CLONE_INTO_CGROUP), or -1 */
     int32_t debug_fail_stage;      /* tests: make this stage fail ... */
     int32_t debug_fail_errno;      /* ... with this errno */
 };

@@ -25,7 +25,14 @@ struct clone3_args {
     uint64_t stack;
     uint64_t stack_size;
     uint64_t tls;
+    uint64_t set_tid;
+    uint64_t set_tid_size;
+    uint64_t cgroup;
 };
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
 
 #if defined(__x86_64__)
 /*
@@ -64,7 +71,15 @@ static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg)
 }
 #endif
 
-static unsigned long clone_flags(uint32_t ns)
+/* The cgroup namespace is made by the child once it is in its cgroup (see
+ * join_cgroup), so that the sandbox's cgroup is its root: a new cgroup
+ * namespace is rooted where the process is when the namespace is made. */
+static int joins_cgroup(const struct nsbox_spec *spec)
+{
+    return spec->cgroup_dirfd >= 0 || spec->n_cgroup_procs > 0;
+}
+
+static unsigned long clone_flags(uint32_t ns, int late_cgroup_ns)
 {
     unsigned long f = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
     if (ns & NSBOX_NS_USER)
@@ -79,7 +94,7 @@ static unsigned long clone_flags(uint32_t ns)
         f |= CLONE_NEWIPC;
     if (ns & NSBOX_NS_NET)
         f |= CLONE_NEWNET;
-    if (ns & NSBOX_NS_CGROUP)
+    if ((ns & NSBOX_NS_CGROUP) && !late_cgroup_ns)
         f |= CLONE_NEWCGROUP;
     return f;
 }
@@ -109,7 +124,7 @@ int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
 
-    unsigned long flags = clone_flags(spec->namespaces);
+    unsigned long flags = clone_flags(spec->namespaces, joins_cgroup(spec));
     int pidfd = -1;
     struct clone3_args ca;
     memset(&ca, 0, sizeof ca);
@@ -118,9 +133,14 @@ int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
     ca.exit_signal = SIGCHLD;
     ca.stack = (uint64_t)(uintptr_t)stack;
     ca.stack_size = CHILD_STACK_SIZE;
+    if (spec->cgroup_dirfd >= 0) {
+        /* cgroup v2: the child starts in its cgroup, before running anything. */
+        ca.flags |= CLONE_INTO_CGROUP;
+        ca.cgroup = (uint64_t)spec->cgroup_dirfd;
+    }
     long pid = clone3_call(&ca, nsbox_child_main, (void *)(uintptr_t)spec);
     int err = pid < 0 ? (int)-pid : 0;
-    if (err == ENOSYS) {
+    if (err == ENOSYS && spec->cgroup_dirfd < 0) {
         pid = clone(nsbox_child_main, stack + CHILD_STACK_SIZE, (int)(flags | SIGCHLD),
                     (void *)(uintptr_t)spec, &pidfd);
         err = pid < 0 ? errno : 0;

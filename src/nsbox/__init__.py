@@ -20,7 +20,7 @@ from ._errors import (
     UnsupportedError,
 )
 from ._process import DEVNULL, PIPE, STDOUT, Sandbox, run
-from ._spec import NAMESPACES, Bind, Spec, Tmpfs
+from ._spec import NAMESPACES, Bind, Limits, Spec, Tmpfs
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,10 @@ def __getattr__(name: str):
         from ._result import Result
 
         return Result
+    if name == "Stats":
+        from ._stats import Stats
+
+        return Stats
     raise AttributeError(f"module 'nsbox' has no attribute {name!r}")
 
 __all__ = [
@@ -41,6 +45,8 @@ __all__ = [
     "Spec",
     "Bind",
     "Tmpfs",
+    "Limits",
+    "Stats",
     "NAMESPACES",
     "PIPE",
     "DEVNULL",

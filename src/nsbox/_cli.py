@@ -193,12 +193,29 @@ def build_parser():
                           "caller's value")
     env.add_argument("--clearenv", action="store_true",
                      help="start from an empty environment instead of the caller's")
+    lim = run.add_argument_group(
+        "limits", "cgroup limits (memory, memory-swap, pids, cpus) give the sandbox a cgroup of "
+        "its own; the rest are rlimits of the command")
+    lim.add_argument("--memory", metavar="SIZE", help="memory limit, bytes or like 256M (no "
+                     "swap unless --memory-swap)")
+    lim.add_argument("--memory-swap", metavar="SIZE",
+                     help="memory plus swap, as docker's; -1 for unlimited swap")
+    lim.add_argument("--pids", metavar="N", help="most tasks at once (the sandbox's init too)")
+    lim.add_argument("--cpus", metavar="N", help="CPU time as a number of CPUs, e.g. 0.5")
+    lim.add_argument("--cpu-time", metavar="SECONDS",
+                     help="CPU seconds per process (RLIMIT_CPU): SIGXCPU, then SIGKILL 1 s on")
+    lim.add_argument("--nofile", metavar="N", help="most open files (RLIMIT_NOFILE)")
+    lim.add_argument("--fsize", metavar="SIZE", help="largest file written (RLIMIT_FSIZE)")
+    lim.add_argument("--core", metavar="SIZE", help="largest core dump, 0 for none")
+    lim.add_argument("--cgroup-parent", metavar="CGROUP",
+                     help="make the sandbox's cgroup under this one (a path as in "
+                          "/proc/self/cgroup; default /nsbox, or the user's delegated subtree)")
     ctl = run.add_argument_group("control")
     ctl.add_argument("--timeout", metavar="SECONDS", type=_timeout,
                      help="kill the whole sandbox after SECONDS and exit 124")
     ctl.add_argument("--status-fd", metavar="FD", type=_int,
                      help="write JSON lines to FD: a 'started' event with the pid, an "
-                          "'exited' event with returncode, signal and wall time")
+                          "'exited' event with returncode, signal, reason and stats")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                      help="the command to run")
     return parser
@@ -220,7 +237,18 @@ _VALUE_OPTIONS = {
     "--namespaces": ("namespaces", str),
     "--timeout": ("timeout", _timeout_arg),
     "--status-fd": ("status_fd", _int_arg),
+    "--memory": ("memory", str),
+    "--memory-swap": ("memory_swap", str),
+    "--pids": ("pids", str),
+    "--cpus": ("cpus", str),
+    "--cpu-time": ("cpu_time", str),
+    "--nofile": ("nofile", str),
+    "--fsize": ("fsize", str),
+    "--core": ("core", str),
+    "--cgroup-parent": ("cgroup_parent", str),
 }
+LIMIT_OPTIONS = ("memory", "memory_swap", "pids", "cpus", "cpu_time", "nofile", "fsize", "core",
+                 "cgroup_parent")
 _MOUNT_OPTIONS = {"--bind": _bind_arg, "--ro-bind": _bind_arg, "--tmpfs": _tmpfs_arg}
 
 
@@ -228,7 +256,7 @@ class RunArgs:
     """The parsed `run` options (the fields of argparse's Namespace for it)."""
 
     __slots__ = ("rootfs", "chdir", "network", "hostname", "uid", "gid", "namespaces",
-                 "timeout", "status_fd", "mounts", "env", "clearenv", "cmd")
+                 "timeout", "status_fd", "mounts", "env", "clearenv", "cmd", *LIMIT_OPTIONS)
 
     def __init__(self):
         for name in self.__slots__:
@@ -309,7 +337,7 @@ def _env_from(args) -> dict[str, str] | None:
 
 def parse_run(argv: list[str]):
     """`run` argv (after the word run) -> (Spec, timeout, status_fd). Raises CliError/SpecError."""
-    from ._spec import Bind, Spec, Tmpfs
+    from ._spec import Bind, Limits, Spec, Tmpfs
 
     ns = fast_parse(argv)
     if ns is None:
@@ -340,8 +368,18 @@ def parse_run(argv: list[str]):
         uid=ns.uid,
         gid=ns.gid,
         namespaces=ns.namespaces,
+        limits=_limits_from(ns, Limits),
     )
     return spec, ns.timeout, ns.status_fd
+
+
+def _limits_from(ns, limits_class):
+    given = {name: getattr(ns, name) for name in LIMIT_OPTIONS if getattr(ns, name) is not None}
+    if not given:
+        return None
+    if given.get("memory_swap") == "-1":
+        given["memory_swap"] = -1
+    return limits_class(**given)
 
 
 def spec_to_argv(spec) -> list[str]:
@@ -376,6 +414,12 @@ def spec_to_argv(spec) -> list[str]:
     default_ns = set(NAMESPACES) - ({"net"} if spec.network == "host" else set())
     if set(spec.namespaces) != default_ns:
         argv.append("--namespaces=" + ",".join(n for n in NAMESPACES if n in spec.namespaces))
+    if spec.limits is not None:
+        for name in LIMIT_OPTIONS:
+            value = getattr(spec.limits, name)
+            if value is not None:
+                argv.append(f"--{name.replace('_', '-')}={value!r}" if isinstance(value, float)
+                            else f"--{name.replace('_', '-')}={value}")
     if spec.env is not None:
         argv.append("--clearenv")
         for key, value in spec.env:
@@ -463,12 +507,22 @@ def _run(argv: list[str]) -> int:
             if not isinstance(exc, subprocess.TimeoutExpired):
                 raise
             timed_out = True
+            box._cause = "timeout"
             box.kill()
             code = box.wait()
         wall = time.monotonic() - started
         sig = -code if code < 0 else None
+        stats = box.stats()
         status.event(event="exited", returncode=code, signal=sig, wall_time=round(wall, 6),
-                     timed_out=timed_out)
+                     timed_out=timed_out, reason=box.reason,
+                     stats=stats.as_dict() if stats is not None else None)
+        if box.reason == "oom":
+            from ._spec import format_size
+
+            limit = spec.limits.memory if spec.limits is not None else None
+            _err("killed: out of memory" + (f" (limit {format_size(limit)})" if limit else ""))
+        elif box.reason == "cpu_time":
+            _err(f"killed: CPU time limit ({spec.limits.cpu_time} s)")
         if timed_out:
             return EXIT_TIMEOUT
         return 128 + sig if sig else code

@@ -94,7 +94,7 @@ class _Packed:
     """
 
     __slots__ = ("keep", "argv", "envp", "mounts", "n_mounts", "root", "uid_map", "gid_map",
-                 "hostname", "cwd")
+                 "hostname", "cwd", "rlimits")
 
     def __init__(self, plan: Plan):
         keep: list = []
@@ -120,6 +120,9 @@ class _Packed:
         self.gid_map = _cstr(plan.gid_map, keep)
         self.hostname = _cstr(plan.hostname, keep)
         self.cwd = _cstr(plan.cwd, keep)
+        # nsbox-init applies these to the command (see init.c).
+        self.rlimits = ",".join(f"{r}:{soft}:{hard}" for r, soft, hard in plan.rlimits
+                                ).encode() or b"-"
 
 
 _packed: dict[Plan, _Packed] = {}
@@ -145,11 +148,13 @@ def spawn(
     report_fd: int,
     stdio: tuple[int, int, int],
     debug_fail: tuple[int, int] | None = None,
+    cgroup: object = None,
 ) -> tuple[int, int]:
     """Start the sandbox described by `plan`; returns (pid, pidfd) of its init.
 
-    Raises UnsupportedError/SpawnError when the clone itself fails. Failures
-    after the clone arrive as records on the report pipe.
+    `cgroup` is the sandbox's _cgroup.Group, if it has one. Raises
+    UnsupportedError/SpawnError when the clone itself fails. Failures after
+    the clone arrive as records on the report pipe.
     """
     init_fd, self_pidfd = _process_fds()
     packed = _pack(plan)
@@ -163,6 +168,7 @@ def spawn(
         b"%d" % init_flags,
         b"%d" % fail_stage,
         b"%d" % fail_errno,
+        packed.rlimits,
         b"--",
         *packed.argv,
     ]
@@ -193,6 +199,13 @@ def spawn(
     spec.cwd = packed.cwd
     spec.cwd_flags = 1 if plan.cwd_required else 0
     spec.keep_caps = plan.keep_caps
+    procs = cgroup.procs_fds() if cgroup is not None else []
+    if procs:
+        procs_arr = ffi.new("int32_t[]", procs)
+        keep.append(procs_arr)
+        spec.cgroup_procs = procs_arr
+    spec.n_cgroup_procs = len(procs)
+    spec.cgroup_dirfd = cgroup.dirfd() if cgroup is not None else -1
     spec.debug_fail_stage = fail_stage
     spec.debug_fail_errno = fail_errno
 

@@ -9,7 +9,7 @@ working directory and environment are inputs, so the function stays pure.
 from __future__ import annotations
 
 from ._frozen import Frozen
-from ._spec import Bind, Spec, Tmpfs
+from ._spec import Bind, Limits, Spec, Tmpfs
 
 __all__ = ["Plan", "PlanMount", "make_plan", "NS_BITS", "MNT_BIND", "MNT_TMPFS", "MNT_PROC",
            "MNT_DEV", "MF_READONLY", "MF_IN_SCRATCH"]
@@ -62,7 +62,7 @@ class Plan(Frozen):
 
     __slots__ = ("argv", "env", "namespaces", "ns_bits", "root", "root_readonly", "mounts",
                  "uid_map", "gid_map", "setid_uid", "setid_gid", "hostname", "cwd",
-                 "cwd_required", "pass_fds", "keep_caps")
+                 "cwd_required", "pass_fds", "keep_caps", "rlimits", "limits")
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     namespaces: frozenset[str]
@@ -79,9 +79,13 @@ class Plan(Frozen):
     cwd_required: bool
     pass_fds: tuple[int, ...]
     keep_caps: int
+    rlimits: tuple[tuple[int, int, int], ...]  # (RLIMIT_*, soft, hard); -1 unlimited
+    limits: Limits | None
 
     def __init__(self, **fields: object):
         fields.setdefault("keep_caps", DEFAULT_CAPS)
+        fields.setdefault("rlimits", ())
+        fields.setdefault("limits", None)
         if set(fields) != set(self.__slots__):
             raise TypeError(f"Plan fields: {sorted(set(fields) ^ set(self.__slots__))}")
         for name, value in fields.items():
@@ -127,6 +131,30 @@ def _mounts(spec: Spec) -> tuple[PlanMount, ...]:
     return tuple(out)
 
 
+def rlimits_for(limits: Limits | None) -> tuple[tuple[int, int, int], ...]:
+    """The command's rlimits as (resource, soft, hard), in Limits' field order.
+
+    cpu_time gets a hard limit one second above the soft one: SIGXCPU first (a
+    command may catch it and finish up), SIGKILL a second later.
+    """
+    if limits is None:
+        return ()
+    import resource
+
+    out = []
+    if limits.cpu_time is not None:
+        out.append((resource.RLIMIT_CPU, limits.cpu_time, limits.cpu_time + 1))
+    for name, res in (("nofile", resource.RLIMIT_NOFILE), ("fsize", resource.RLIMIT_FSIZE),
+                      ("core", resource.RLIMIT_CORE)):
+        value = getattr(limits, name)
+        if value is not None:
+            out.append((res, value, value))
+    return tuple(out)
+
+
+RLIMIT_FIELDS = ("cpu_time", "nofile", "fsize", "core")
+
+
 def make_plan(
     spec: Spec,
     *,
@@ -170,5 +198,7 @@ def make_plan(
         cwd=cwd,
         cwd_required=required,
         pass_fds=spec.pass_fds,
+        rlimits=rlimits_for(spec.limits),
+        limits=spec.limits,
     )
 

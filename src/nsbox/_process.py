@@ -37,6 +37,18 @@ def _timeout_expired(*args, **kwargs):
 
 _PIPE_BUF = 65536
 
+# Signals from the caller that make a death by signal the caller's doing.
+_ENDING_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                             signal.SIGQUIT})
+
+
+@functools.lru_cache(maxsize=1)
+def _RLIMIT_NAMES() -> dict[int, str]:  # noqa: N802 - a constant, computed once
+    import resource
+
+    return {resource.RLIMIT_CPU: "cpu_time", resource.RLIMIT_NOFILE: "nofile",
+            resource.RLIMIT_FSIZE: "fsize", resource.RLIMIT_CORE: "core"}
+
 
 @functools.lru_cache(maxsize=128)
 def _cached_plan(spec: Spec, uid: int, gid: int, cwd: str | None, environ: tuple) -> _plan.Plan:
@@ -100,6 +112,11 @@ class Sandbox:
         self._outputs: dict[object, list[bytes]] = {}
         self._input_offset = 0
         self._input: bytes | None = None
+        self._group = None  # the sandbox's _cgroup.Group, if it has cgroup limits
+        self._cause: str | None = None  # 'timeout'/'killed' once the caller ends it
+        self._stats = None
+        self.reason: str | None = None
+        self._started_at = time.monotonic()
 
         spec = make_spec(args, **options)
         self.spec = spec
@@ -125,14 +142,23 @@ class Sandbox:
             parent_fds.append(rfd)
             child_fds.append(wfd)
             self._stdio_fds = stdio
+            if plan.limits is not None and plan.limits.needs_cgroup:
+                from . import _cgroup
+
+                self._group = _cgroup.create(plan.limits)
+            self._started_at = time.monotonic()
             self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
-                                                  debug_fail=debug)
+                                                  debug_fail=debug, cgroup=self._group)
         except BaseException:
             for fd in child_fds + parent_fds:
                 os.close(fd)
+            if self._group is not None:
+                self._group.remove()
             raise
         for fd in child_fds:
             os.close(fd)
+        if self._group is not None:
+            self._group.close_fds()
         self._report_fd = rfd
         self._decoder = _protocol.Decoder()
         self._records: list[_protocol.Record] = []
@@ -250,6 +276,18 @@ class Sandbox:
             op = f"hostname {plan.hostname}"
         elif rec.stage == _errors.STAGE_NUMBERS["root"]:
             op = f"root {plan.root}"
+        elif rec.stage == _errors.STAGE_NUMBERS["rlimit"] and 0 <= rec.index < len(plan.rlimits):
+            res, soft, _ = plan.rlimits[rec.index]
+            op = f"{_RLIMIT_NAMES().get(res, res)}={soft}"
+            if rec.err == errno.EPERM:
+                import resource
+
+                hard = resource.getrlimit(res)[1]
+                op += f"; raising it above this process's hard limit {hard} needs privilege"
+        elif rec.stage == _errors.STAGE_NUMBERS["cgroup"] and self._group is not None:
+            dirs = self._group.dirs
+            op = (f"cgroup {dirs[rec.index]}" if 0 <= rec.index < len(dirs)
+                  else "cgroup namespace")
         elif rec.stage == _errors.STAGE_NUMBERS["fds"]:
             # index: 0-2 the stdio fd for 0, 1, 2; 4+i the i-th fd kept (pass_fds first).
             if 0 <= rec.index < 3 and self._stdio_fds[rec.index] >= 0:
@@ -286,18 +324,25 @@ class Sandbox:
         return self._pidfd
 
     def _reap(self, block: bool):
-        """waitid on the pidfd; the waitid_result, or None if still running."""
-        flags = os.WEXITED | (0 if block else os.WNOHANG)
+        """wait4 for init: (wait status, rusage), or None if it still runs.
+
+        By pid, not pidfd: only wait4 returns the rusage, and init's pid cannot
+        be reused before we reap it. The rusage covers every process of the
+        sandbox: init reaps them all (or their parents did, and init those).
+        """
         while True:
             try:
-                return os.waitid(os.P_PIDFD, self._pidfd, flags)
+                pid, status, rusage = os.wait4(self.pid, 0 if block else os.WNOHANG)
             except ChildProcessError:
                 return None
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
+            return (status, rusage) if pid else None
 
     def _finish(self, info) -> int:
-        """Record the returncode from init's EXITED record (or its own status)."""
+        """Record the returncode from init's EXITED record (or its own status),
+        the stats and the reason, and remove the cgroup."""
+        ended = time.monotonic()
         try:
             record = self._read_record(block=False)
             if self._start_pending:
@@ -310,14 +355,27 @@ class Sandbox:
             record = None
         if record is not None and record.kind == _protocol.EXITED:
             self.returncode = os.waitstatus_to_exitcode(record.value)
-        elif info is not None and info.si_code == os.CLD_EXITED:
-            self.returncode = info.si_status
         elif info is not None:
-            self.returncode = -info.si_status
+            self.returncode = os.waitstatus_to_exitcode(info[0])
         else:  # pragma: no cover - reaped elsewhere (SIGCHLD ignored)
             self.returncode = -signal.SIGKILL
         self._release()
+        self._end_stats(ended, info)
         return self.returncode
+
+    def _end_stats(self, ended: float, info) -> None:
+        from . import _stats
+
+        group = self._group
+        try:
+            self._stats = _stats.final(ended - self._started_at,
+                                       info[1] if info is not None else None, group)
+            self.reason = _stats.reason_for(self.returncode, self._stats, self._plan.limits,
+                                            self._cause)
+        finally:
+            if group is not None:
+                self._group = None
+                group.remove()
 
     def _release(self) -> None:
         for attr in ("_pidfd", "_report_fd", "_command_pidfd"):
@@ -331,9 +389,19 @@ class Sandbox:
         with self._lock:
             if self.returncode is None and self._pidfd >= 0:
                 info = self._reap(block=False)
-                if info is not None and info.si_pid:
+                if info is not None:
                     self._finish(info)
             return self.returncode
+
+    def stats(self):
+        """nsbox.Stats of the whole sandbox: live while it runs (psutil over
+        its processes, and its cgroup), final once it has ended."""
+        with self._lock:
+            if self.returncode is not None:
+                return self._stats
+            from . import _stats
+
+            return _stats.live(self.pid, time.monotonic() - self._started_at, self._group)
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the sandbox to end; TimeoutExpired after `timeout` seconds."""
@@ -375,6 +443,11 @@ class Sandbox:
         with self._lock:
             if self.returncode is not None or self._pidfd < 0:
                 return
+            if sig in _ENDING_SIGNALS and self._cause is None:
+                self._cause = "killed"
+            if sig == signal.SIGKILL and self._group is not None \
+                    and "pid" not in self._plan.namespaces:
+                self._group.kill()  # without a pid namespace, init's death is not enough
             if sig == signal.SIGKILL and self._command_pidfd >= 0:
                 try:
                     signal.pidfd_send_signal(self._command_pidfd, sig)
@@ -397,6 +470,8 @@ class Sandbox:
         with self._lock:
             if self._pidfd < 0:
                 return
+            if self._cause is None:
+                self._cause = "killed"
             for fd in (self._command_pidfd, self._pidfd):
                 if fd >= 0:
                     try:
@@ -562,6 +637,7 @@ def run(
         try:
             stdout, stderr = box.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
+            box._cause = "timeout"
             box.kill()
             exc.stdout, exc.stderr = box.communicate()
             raise
@@ -575,4 +651,5 @@ def run(
         raise box.setup_error
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, box.args, output=stdout, stderr=stderr)
-    return Result(box.args, retcode, stdout, stderr, pid=box.pid)
+    return Result(box.args, retcode, stdout, stderr, pid=box.pid, reason=box.reason,
+                  stats=box.stats())

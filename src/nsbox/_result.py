@@ -12,14 +12,20 @@ __all__ = ["Result"]
 
 
 class Result(subprocess.CompletedProcess):
-    """What nsbox.run returns: a subprocess.CompletedProcess with the sandbox's pid."""
+    """What nsbox.run returns: a subprocess.CompletedProcess with the sandbox's
+    pid, why it ended (`reason`: exited, signaled, timeout, oom, cpu_time or
+    killed) and its resource use (`stats`, an nsbox.Stats)."""
 
-    def __init__(self, args, returncode, stdout=None, stderr=None, pid=None):
+    def __init__(self, args, returncode, stdout=None, stderr=None, pid=None, reason=None,
+                 stats=None):
         super().__init__(args, returncode, stdout, stderr)
         self.pid = pid
+        self.reason = reason
+        self.stats = stats
 
     def __repr__(self) -> str:
-        parts = [f"args={self.args!r}", f"returncode={self.returncode!r}", f"pid={self.pid!r}"]
+        parts = [f"args={self.args!r}", f"returncode={self.returncode!r}", f"pid={self.pid!r}",
+                 f"reason={self.reason!r}"]
         if self.stdout is not None:
             parts.append(f"stdout={self.stdout!r}")
         if self.stderr is not None:

@@ -13,8 +13,8 @@ import posixpath
 from ._errors import SpecError
 from ._frozen import Frozen, FrozenInstanceError
 
-__all__ = ["Spec", "Bind", "Tmpfs", "NAMESPACES", "NETWORK_MODES", "parse_size", "make_spec",
-           "FrozenInstanceError"]
+__all__ = ["Spec", "Bind", "Tmpfs", "Limits", "NAMESPACES", "NETWORK_MODES", "parse_size",
+           "format_size", "make_spec", "FrozenInstanceError"]
 
 NAMESPACES = ("user", "mount", "pid", "uts", "ipc", "net", "cgroup")
 NETWORK_MODES = ("none", "host")
@@ -179,6 +179,165 @@ class Tmpfs(Frozen):
 Mount = Bind | Tmpfs
 
 
+def format_size(size: int) -> str:
+    """Bytes as the largest exact binary unit: 268435456 -> '256M'."""
+    for unit, factor in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):
+            try:
+                return _number(float(value), what)
+            except ValueError:
+                pass
+        raise SpecError(f"{what} must be a number, not {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SpecError(f"{what} must be a finite number: {value!r}")
+    return value
+
+
+def _count(value: object, what: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{what} must be an integer, not {value!r}")
+    if not minimum <= value <= maximum:
+        raise SpecError(f"{what} must be between {minimum} and {maximum}: {value}")
+    return value
+
+
+def _rlimit_size(value: object, what: str) -> int:
+    """Bytes for RLIMIT_FSIZE/RLIMIT_CORE, where 0 is meaningful (no file, no core)."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    if isinstance(value, str) and value.strip() == "0":
+        return 0
+    return parse_size(value, what)
+
+
+# RLIMIT_CPU's unit is whole seconds; more than this is no limit at all.
+MAX_CPU_TIME = 2**31
+MAX_NOFILE = 2**30  # the kernel's ceiling for fs.nr_open
+MIN_MEMORY = 1 << 20
+CPU_PERIOD_US = 100_000  # the cfs period nsbox uses for cpus=
+MIN_CPUS = 0.01  # a 1 ms quota per 100 ms period: the kernel's minimum quota
+
+
+class Limits(Frozen):
+    """Resource limits for a sandbox.
+
+    cgroup limits (the sandbox gets a cgroup of its own): `memory` (bytes or
+    '256M'), `memory_swap` (memory plus swap, as docker's --memory-swap; -1 for
+    unlimited swap), `pids` (tasks at once, the sandbox's init included),
+    `cpus` (CPUs' worth of time, e.g. 0.5). rlimits of the command:
+    `cpu_time` (seconds of CPU, RLIMIT_CPU), `nofile` (open files), `fsize`
+    (largest file written, bytes), `core` (core dump size, 0 for none).
+    `cgroup_parent`: the cgroup (a path as in /proc/self/cgroup) under which
+    the sandbox's cgroup is made; with it the sandbox gets a cgroup even
+    without cgroup limits.
+    """
+
+    __slots__ = ("memory", "memory_swap", "pids", "cpus", "cpu_time", "nofile", "fsize", "core",
+                 "cgroup_parent")
+    memory: int | None
+    memory_swap: int | None  # -1: unlimited
+    pids: int | None
+    cpus: float | None
+    cpu_time: int | None
+    nofile: int | None
+    fsize: int | None
+    core: int | None
+    cgroup_parent: str | None
+
+    def __init__(self, memory: object = None, memory_swap: object = None, pids: object = None,
+                 cpus: object = None, cpu_time: object = None, nofile: object = None,
+                 fsize: object = None, core: object = None, cgroup_parent: object = None):
+        if memory is not None:
+            memory = parse_size(memory, "memory")
+            if memory < MIN_MEMORY:
+                raise SpecError(f"memory must be at least 1M: {memory}")
+        if memory_swap is not None:
+            if memory_swap in (-1, "-1"):
+                memory_swap = -1
+            else:
+                memory_swap = parse_size(memory_swap, "memory_swap")
+            if memory is None:
+                raise SpecError("memory_swap needs memory (it is memory plus swap)")
+            if memory_swap != -1 and memory_swap < memory:
+                raise SpecError(
+                    f"memory_swap ({format_size(memory_swap)}) is memory plus swap: it must "
+                    f"not be less than memory ({format_size(memory)})"
+                )
+        if pids is not None:
+            pids = _count(pids, "pids", 1, 2**22)
+        if cpus is not None:
+            cpus = float(_number(cpus, "cpus"))
+            machine = os.cpu_count() or 1
+            if not MIN_CPUS <= cpus <= machine:
+                raise SpecError(
+                    f"cpus must be between {MIN_CPUS} and {machine} (this machine's CPUs): "
+                    f"{cpus:g}"
+                )
+        if cpu_time is not None:
+            seconds = _number(cpu_time, "cpu_time")
+            if not 0 < seconds <= MAX_CPU_TIME:
+                raise SpecError(f"cpu_time must be a positive number of seconds: {cpu_time!r}")
+            cpu_time = -int(-seconds // 1)  # whole seconds, rounded up
+        if nofile is not None:
+            nofile = _count(nofile, "nofile", 1, MAX_NOFILE)
+        if fsize is not None:
+            fsize = _rlimit_size(fsize, "fsize")
+        if core is not None:
+            core = _rlimit_size(core, "core")
+        if cgroup_parent is not None:
+            cgroup_parent = check_path(cgroup_parent, "cgroup_parent")
+        for name, value in zip(self.__slots__, (memory, memory_swap, pids, cpus, cpu_time,
+                                                nofile, fsize, core, cgroup_parent), strict=True):
+            self._set(name, value)
+
+    @property
+    def controllers(self) -> frozenset[str]:
+        """The cgroup controllers these limits need."""
+        out = set()
+        if self.memory is not None:
+            out.add("memory")
+        if self.pids is not None:
+            out.add("pids")
+        if self.cpus is not None:
+            out.add("cpu")
+        return frozenset(out)
+
+    @property
+    def needs_cgroup(self) -> bool:
+        return bool(self.controllers) or self.cgroup_parent is not None
+
+    def describe(self) -> str:
+        parts = []
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name in ("memory", "memory_swap", "fsize", "core") and value > 0:
+                value = format_size(value)
+            parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
+        return "limits " + ", ".join(parts) if parts else "no limits"
+
+
+def _limits(value: object) -> Limits | None:
+    if value is None or isinstance(value, Limits):
+        return value
+    if hasattr(value, "keys") and hasattr(value, "items"):
+        try:
+            return Limits(**dict(value))
+        except TypeError as exc:
+            raise SpecError(f"limits: {exc}") from None
+    raise SpecError(f"limits must be an nsbox.Limits or a mapping, not {value!r}")
+
+
 def _args(value: object) -> tuple[str, ...]:
     if isinstance(value, (str, bytes, os.PathLike)):
         items = [value]
@@ -278,7 +437,7 @@ class Spec(Frozen):
     """
 
     __slots__ = ("args", "env", "cwd", "pass_fds", "rootfs", "mounts", "network", "hostname",
-                 "uid", "gid", "namespaces")
+                 "uid", "gid", "namespaces", "limits")
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...] | None
     cwd: str | None
@@ -290,16 +449,17 @@ class Spec(Frozen):
     uid: int | None
     gid: int | None
     namespaces: frozenset[str]
+    limits: Limits | None
 
     def __init__(self, args: object, env: object = None, cwd: object = None,
                  pass_fds: object = (), rootfs: object = None, mounts: object = (),
                  network: object = None, hostname: object = None, uid: object = None,
-                 gid: object = None, namespaces: object = None):
+                 gid: object = None, namespaces: object = None, limits: object = None):
         set_ = object.__setattr__
         for name, value in (("args", args), ("env", env), ("cwd", cwd), ("pass_fds", pass_fds),
                             ("rootfs", rootfs), ("mounts", mounts), ("network", network),
                             ("hostname", hostname), ("uid", uid), ("gid", gid),
-                            ("namespaces", namespaces)):
+                            ("namespaces", namespaces), ("limits", limits)):
             set_(self, name, value)
         explicit = self.namespaces
         if isinstance(explicit, str):
@@ -340,6 +500,14 @@ class Spec(Frozen):
             raise SpecError("rootfs and mounts need the 'mount' namespace")
         if self.hostname is not None and "uts" not in ns:
             raise SpecError("hostname needs the 'uts' namespace")
+        limits = _limits(self.limits)
+        if limits is not None and limits == Limits():
+            limits = None
+        set_(self, "limits", limits)
+        if limits is not None and limits.pids is not None and limits.pids < 2 and "pid" in ns:
+            raise SpecError(
+                "pids must be at least 2 with a pid namespace: the sandbox's init is one task"
+            )
 
     @property
     def environ(self) -> dict[str, str] | None:

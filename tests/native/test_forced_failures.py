@@ -38,12 +38,15 @@ STAGES = {
     "chdir": ({"cwd": "/"}, nsbox.SandboxSetupError, "cwd /"),
     "exec-init": ({}, nsbox.SandboxSetupError, None),
     "init": ({}, nsbox.SandboxSetupError, None),
+    "rlimit": ({"limits": nsbox.Limits(nofile=64)}, nsbox.LimitError, "nofile=64"),
+    "cgroup": ({"limits": nsbox.Limits(pids=64)}, nsbox.LimitError, "cgroup"),
 }
 
 
-# The setid stage runs only without a user namespace, which needs real root:
-# tests/root/test_without_userns.py forces it there.
-USERNS_STAGES = sorted(set(STAGES) - {"setid"})
+# The setid stage runs only without a user namespace, and the cgroup stage
+# only with a cgroup, both of which need real root: tests/root/ forces them.
+ROOT_STAGES = {"setid", "cgroup"}
+USERNS_STAGES = sorted(set(STAGES) - ROOT_STAGES)
 
 
 def check_message(exc: BaseException, *needles: str) -> None:
@@ -130,7 +133,7 @@ def test_sandboxes_still_work_after_failures():
     assert nsbox.run(["/bin/true"]).returncode == 0
 
 
-FORCEABLE = sorted(s for s in STAGES if s != "setid") + ["exec"]
+FORCEABLE = sorted(set(STAGES) - ROOT_STAGES) + ["exec"]
 
 
 @settings(max_examples=30)

@@ -41,6 +41,8 @@ EXPECTED_CLASS = {
     "loopback": NetworkSetupError,
     "setid": PrivilegeDropError,
     "caps": PrivilegeDropError,
+    "cgroup": LimitError,
+    "rlimit": LimitError,
 }
 ERRNOS = st.sampled_from(sorted(errno.errorcode))
 
