@@ -48,6 +48,8 @@ NS_ALIASES = {"mnt": "mount", "cgroups": "cgroup", "network": "net"}
 TARGET_FLOOR_RATIO = 1.30  # nsbox p50 <= 1.3x the floor's p50 (same namespaces)
 TARGET_BALLAST_RATIO = 1.10  # nsbox p50 with the ballast within 10% of without
 TARGET_CLI_MS = 15.0  # python -m nsbox run: at most +15 ms over python -c pass
+TARGET_LIMITS_RATIO = 1.50  # nsbox with a memory+pids cgroup <= 1.5x nsbox without
+LIMITS = {"memory": "256M", "pids": 64}
 
 NS_VARIANTS = ("floor", "floor-static", "nsbox", "nsbox-static", "unshare", "bwrap")
 PLAIN_VARIANTS = ("subprocess", "fork")
@@ -55,6 +57,8 @@ DEFAULT_VARIANTS = NS_VARIANTS + PLAIN_VARIANTS
 GROUPS = {
     "ballast": "nsbox+0MB, nsbox+<N>MB, fork+0MB, fork+<N>MB (needs --compare-ballast)",
     "cli": "cli-nsbox, cli-pass, cli-import (same as --cli)",
+    "limits": f"nsbox-limits: nsbox with limits={LIMITS} (a cgroup per sandbox; needs root "
+              "on cgroup v1, or a delegated cgroup v2 subtree)",
 }
 KNOWN_VARIANTS = DEFAULT_VARIANTS + tuple(GROUPS)
 
@@ -545,6 +549,25 @@ def make_variants(
                         floor="floor",
                     )
                 )
+        if "limits" in wanted and have_nsbox:
+            import nsbox
+
+            kw = {**nsbox_kwargs(ns), "limits": nsbox.Limits(**LIMITS)}
+            try:
+                nsbox.run([TRUE], **kw)
+            except nsbox.NsboxError as e:
+                skip("nsbox-limits", f"cgroup limits unavailable here: {e}")
+            else:
+                out.append(
+                    Variant(
+                        "nsbox-limits",
+                        label,
+                        f"nsbox.run([{TRUE!r}], **{nsbox_kwargs(ns)!r}, "
+                        f"limits=nsbox.Limits(**{LIMITS!r}))",
+                        nsbox_once([TRUE], kw),
+                        floor="nsbox",
+                    )
+                )
         if "ballast" in wanted and have_nsbox:
             for mb, worker in args.workers:
                 out.append(
@@ -910,6 +933,12 @@ def compute_targets(
             f"nsbox-static p50 / floor-static p50 [{label}]",
             TARGET_FLOOR_RATIO,
         )
+        ratio(
+            f"nsbox-limits[{label}]",
+            f"nsbox[{label}]",
+            f"nsbox with memory+pids limits p50 / without [{label}]",
+            TARGET_LIMITS_RATIO,
+        )
         for mb, _ in args.workers[1:]:
             ratio(
                 f"nsbox+{mb}MB[{label}]",
@@ -1231,6 +1260,7 @@ def main(argv: list[str] | None = None) -> int:
                 "nsbox_over_floor_p50_max": TARGET_FLOOR_RATIO,
                 "ballast_ratio_p50_max": TARGET_BALLAST_RATIO,
                 "cli_over_python_pass_ms_max": TARGET_CLI_MS,
+                "limits_over_nsbox_p50_max": TARGET_LIMITS_RATIO,
             },
         },
         "rounds": rounds,

@@ -90,8 +90,10 @@ static void die_with_parent(const struct nsbox_spec *s)
  * Before any setup work, so that what setup allocates is charged to the
  * sandbox and the command never runs outside its cgroup. cgroup v2 cloned us
  * straight into it (CLONE_INTO_CGROUP); cgroup v1 has no such flag, so the
- * child moves itself by writing "0" to each hierarchy's cgroup.procs, opened
- * by the parent (v1 checks the opener's credentials, not ours). The cgroup
+ * child moves itself by writing "0" to each hierarchy's `tasks` file, opened
+ * by the parent (v1 checks the opener's credentials, not ours). `tasks` moves
+ * just this thread, which is the whole process (no CLONE_THREAD), without the
+ * kernel's global threadgroup lock that cgroup.procs would take. The cgroup
  * namespace is made only now, so that the sandbox's cgroup is its root.
  */
 static void join_cgroup(const struct nsbox_spec *s)

@@ -110,7 +110,7 @@ struct nsbox_spec {
     const char *cwd;               /* or NULL: / */
     uint32_t cwd_flags;            /* NSBOX_CWD_* */
     uint64_t keep_caps;            /* capabilities left in the bounding set (bit = cap) */
-    const int32_t *cgroup_procs;   /* cgroup v1: cgroup.procs fds the child writes "0" to */
+    const int32_t *cgroup_procs;   /* cgroup v1: `tasks` fds the child writes "0" to */
     uint32_t n_cgroup_procs;
     int32_t cgroup_dirfd;          /* cgroup v2: the cgroup to clone into (CLONE_INTO_CGROUP), or -1 */
     int32_t debug_fail_stage;      /* tests: make this stage fail ... */

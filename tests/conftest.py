@@ -99,6 +99,17 @@ def _fd_target(fd: int) -> str:
         return "?"
 
 
+_CGROUP_GLOBS = ("/sys/fs/cgroup/*/nsbox/nsbx-*", "/sys/fs/cgroup/nsbox/nsbx-*",
+                 "/sys/fs/cgroup/*/nsbx-*/nsbx-*", "/sys/fs/cgroup/nsbx-*/nsbx-*")
+
+
+def _cgroups() -> set[str]:
+    """nsbox's sandbox cgroups (under its default parents and the tests' own)."""
+    import glob
+
+    return {path for pattern in _CGROUP_GLOBS for path in glob.glob(pattern)}
+
+
 def _mounts() -> int:
     with open("/proc/self/mountinfo") as f:
         return sum(1 for _ in f)
@@ -106,12 +117,12 @@ def _mounts() -> int:
 
 @pytest.fixture(autouse=True)
 def no_leaks(request):
-    """Fail a test that leaves a child process, an fd or a mount behind."""
+    """Fail a test that leaves a child process, an fd, a mount or a cgroup behind."""
     if request.node.get_closest_marker("allow_leaks"):
         yield
         return
     gc.collect()
-    fds, kids, mounts = _fds(), _children(), _mounts()
+    fds, kids, mounts, cgroups = _fds(), _children(), _mounts(), _cgroups()
     yield
     leaked_fds: set[int] = set()
     leaked_kids: set[int] = set()
@@ -131,6 +142,9 @@ def no_leaks(request):
         )
     if _mounts() != mounts:
         problems.append(f"mount count changed: {mounts} -> {_mounts()}")
+    left = _cgroups() - cgroups
+    if left:
+        problems.append(f"cgroups left: {sorted(left)}")
     if problems:
         pytest.fail("leak: " + "; ".join(problems), pytrace=False)
 

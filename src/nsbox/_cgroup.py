@@ -7,7 +7,7 @@ cgroup v2, unprivileged callers use the subtree systemd delegates to them):
 - **v2** (one hierarchy): the child is cloned straight into the cgroup
   (CLONE_INTO_CGROUP), the whole cgroup is killed with `cgroup.kill`.
 - **v1** (a hierarchy per controller: memory, pids, cpu): the child writes
-  "0" to each hierarchy's `cgroup.procs`, opened here, before any setup step,
+  "0" to each hierarchy's `tasks`, opened here, before any setup step,
   and the cgroup is killed pid by pid (pidfds).
 
 Only directories whose names start with `nsbx-` (and the default parent
@@ -130,8 +130,10 @@ def parse_proc_cgroup(text: str) -> dict[str, str]:
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="ascii", errors="replace") as f:
-        return f.read()
+    # Paths in mountinfo and /proc/self/cgroup are the kernel's bytes: decode
+    # them as os.fsdecode does, so they round-trip to the same file names.
+    with open(path, "rb") as f:
+        return os.fsdecode(f.read())
 
 
 def _write(path: str, value: str) -> None:
@@ -505,8 +507,13 @@ class GroupV1(Group):
 
     def open(self) -> None:
         for d in self.dirs:
-            self._fds.append(os.open(os.path.join(d, "cgroup.procs"),
-                                     os.O_WRONLY | os.O_CLOEXEC))
+            # `tasks`, not cgroup.procs: writing "0" there moves the calling
+            # thread alone, which the kernel does without taking the global
+            # cgroup_threadgroup_rwsem for writing (an RCU grace period, often
+            # milliseconds). The setup child is a process of one thread, so
+            # moving the thread moves the process. (O_CREAT: as in _write.)
+            self._fds.append(os.open(os.path.join(d, "tasks"),
+                                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
     def procs_fds(self) -> list[int]:
         return list(self._fds)
@@ -609,7 +616,7 @@ def _choose(limits: Limits, h: Host) -> tuple[int, str]:
     if h.v2 is not None:
         parent = limits.cgroup_parent
         if parent is None and h.euid == 0:
-            parent = DEFAULT_PARENT
+            parent = _default_parent(h.v2)
         elif parent is None:
             base = h.delegated_v2()
             if base is not None:
@@ -623,7 +630,7 @@ def _choose(limits: Limits, h: Host) -> tuple[int, str]:
     if h.v1 and (needed or h.v2 is None):
         present = {c for c in needed if c in h.v1}
         if present == needed:
-            return 1, limits.cgroup_parent or DEFAULT_PARENT
+            return 1, limits.cgroup_parent or ""  # "": _default_parent of each hierarchy
         missing_v1 = needed - present
     what = ", ".join(sorted(needed)) or "a cgroup"
     if h.v2 is None and not h.v1:
@@ -709,9 +716,23 @@ def _create_v2(limits: Limits, h: Host, parent: str, name: str) -> Group:
             _write_limit(os.path.join(d, fname), value)
         group.open()
     except BaseException:
-        group.remove()
+        _discard(group)
         raise
     return group
+
+
+def _discard(group: Group) -> None:
+    """Remove a half-made group without hiding the error that stopped it."""
+    try:
+        group.remove()
+    except OSError:
+        pass
+
+
+def _default_parent(hier: Hierarchy) -> str:
+    """/nsbox in the part of the hierarchy this mount shows: its root, which
+    is not / inside a container that sees only its own subtree."""
+    return hier.root.rstrip("/") + DEFAULT_PARENT
 
 
 def _is_ours(d: str) -> bool:
@@ -743,7 +764,7 @@ def _create_v1(limits: Limits, h: Host, parent: str, name: str) -> Group:
     group = GroupV1(dirs, limits, by_controller)
     try:
         for hier in hierarchies.values():
-            parent_dir = hier.path(parent)
+            parent_dir = hier.path(parent or _default_parent(hier))
             if parent_dir is None:
                 raise _unsupported(f"cgroup_parent {parent} is outside this process's cgroup "
                                    "namespace")
@@ -769,6 +790,6 @@ def _create_v1(limits: Limits, h: Host, parent: str, name: str) -> Group:
                     _write_limit(os.path.join(d, fname), value)
         group.open()
     except BaseException:
-        group.remove()
+        _discard(group)
         raise
     return group

@@ -7,7 +7,7 @@ The process-search and rootfs helpers are shared with the rootless tier
 from __future__ import annotations
 
 import pytest
-from nsbx_test_helpers import data, marker, procs, sleep_marker, static_probe  # noqa: F401
+from nsbx_test_helpers import cli, data, marker, procs, sleep_marker, static_probe  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,12 @@ CLI has no such option).
 from __future__ import annotations
 
 import functools
+import os
 import posixpath
 
 from hypothesis import strategies as st
 
-from nsbox._spec import MAX_ID, NAMESPACES, NETWORK_MODES, Bind, Spec, Tmpfs
+from nsbox._spec import MAX_ID, NAMESPACES, NETWORK_MODES, Bind, Limits, Spec, Tmpfs
 
 # -- text ---------------------------------------------------------------------
 
@@ -330,6 +331,54 @@ def hostile_namespaces():
     )
 
 
+# -- limits ---------------------------------------------------------------------------
+
+_SIZE_TEXT = st.builds(lambda n, unit: f"{n}{unit}", st.integers(1, 4096),
+                       st.sampled_from(["M", "m", "G", "MiB", "MB"]))
+
+
+@st.composite
+def _limits(draw):
+    fields = {}
+    memory = None
+    if draw(st.booleans()):
+        memory = draw(st.one_of(st.integers(1 << 20, 1 << 40), _SIZE_TEXT))
+        fields["memory"] = memory
+        if draw(st.booleans()):
+            base = Limits(memory=memory).memory
+            swap = st.integers(base, base + (1 << 41))
+            fields["memory_swap"] = draw(st.one_of(st.just(-1), swap))
+    fields["pids"] = draw(_maybe(st.integers(2, 1 << 22)))
+    fields["cpus"] = draw(_maybe(st.floats(0.01, float(os.cpu_count() or 1))))
+    fields["cpu_time"] = draw(_maybe(st.integers(1, 10**6)))
+    fields["nofile"] = draw(_maybe(st.integers(1, 1 << 20)))
+    fields["fsize"] = draw(_maybe(st.one_of(st.just(0), st.integers(1, 1 << 40))))
+    fields["core"] = draw(_maybe(st.one_of(st.just(0), st.integers(1, 1 << 40))))
+    fields["cgroup_parent"] = draw(_maybe(st.sampled_from(["/nsbx-ci", "/a/b", "/"])))
+    return Limits(**{k: v for k, v in fields.items() if v is not None})
+
+
+@functools.cache
+def limits():
+    """Valid Limits (pids >= 2, so valid with a pid namespace too)."""
+    return _limits()
+
+
+@functools.cache
+def hostile_limits():
+    """Limits or mappings: valid, out of range, malformed, junk."""
+    bad_number = st.one_of(st.integers(-10, 0), st.just("12Q"), st.just(""), st.just("-5M"),
+                           st.floats(allow_nan=True, allow_infinity=True), junk())
+    field = st.sampled_from(["memory", "memory_swap", "pids", "cpus", "cpu_time", "nofile",
+                             "fsize", "core", "cgroup_parent", "bogus"])
+    return st.one_of(
+        limits(),
+        st.dictionaries(field, st.one_of(bad_number, st.integers(0, 1 << 70), _SIZE_TEXT),
+                        max_size=3),
+        junk(),
+    )
+
+
 # -- whole specs --------------------------------------------------------------------
 
 
@@ -370,6 +419,7 @@ def _specs(draw, cli: bool):
     kwargs["gid"] = draw(_maybe(ids()))
     if not cli:
         kwargs["pass_fds"] = draw(_FDS)
+    kwargs["limits"] = draw(_maybe(limits()))
     return Spec(draw(argvs(cli)), **kwargs)
 
 
@@ -393,6 +443,7 @@ def anything_kwargs():
         "uid": hostile_ids(),
         "gid": hostile_ids(),
         "namespaces": hostile_namespaces(),
+        "limits": hostile_limits(),
     })
 
 
