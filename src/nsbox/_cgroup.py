@@ -655,9 +655,7 @@ class _V2Layout:
         if self.parent_dir is None:
             raise _unsupported(f"cgroup_parent {parent} is outside this process's cgroup "
                                "namespace")
-        existing = self.parent_dir
-        while not os.path.isdir(existing) and len(existing) > len(h.v2.mountpoint):
-            existing = os.path.dirname(existing)
+        existing = _existing_ancestor(self.parent_dir, h.v2.mountpoint)
         self.existing = existing
         # nsbox enables controllers only in cgroups that are its own, in the
         # parent the caller named, and in a subtree delegated to the caller.
@@ -704,12 +702,7 @@ def _create_v2(limits: Limits, h: Host, parent: str, name: str) -> Group:
             _enable(d, sorted(limits.controllers))
     except OSError as exc:
         raise _limit_error(exc, "prepare cgroup parent", parent_dir) from None
-    _collect_once(parent_dir)
-    d = os.path.join(parent_dir, name)
-    try:
-        os.mkdir(d)
-    except OSError as exc:
-        raise _limit_error(exc, "create cgroup", d) from None
+    d = _mkdir_cgroup(parent_dir, name)
     group = GroupV2([d], limits)
     try:
         for fname, value in _v2_limit_files(limits, d):
@@ -719,6 +712,24 @@ def _create_v2(limits: Limits, h: Host, parent: str, name: str) -> Group:
         _discard(group)
         raise
     return group
+
+
+def _existing_ancestor(path: str, mountpoint: str) -> str:
+    """The deepest directory of `path` that exists (at worst the mountpoint)."""
+    while not os.path.isdir(path) and len(path) > len(mountpoint):
+        path = os.path.dirname(path)
+    return path
+
+
+def _mkdir_cgroup(parent_dir: str, name: str) -> str:
+    """Make the sandbox's cgroup directory (collecting stale ones first)."""
+    _collect_once(parent_dir)
+    d = os.path.join(parent_dir, name)
+    try:
+        os.mkdir(d)
+    except OSError as exc:
+        raise _limit_error(exc, "create cgroup", d) from None
+    return d
 
 
 def _discard(group: Group) -> None:
@@ -768,20 +779,13 @@ def _create_v1(limits: Limits, h: Host, parent: str, name: str) -> Group:
             if parent_dir is None:
                 raise _unsupported(f"cgroup_parent {parent} is outside this process's cgroup "
                                    "namespace")
-            existing = parent_dir
-            while not os.path.isdir(existing):
-                existing = os.path.dirname(existing)
+            existing = _existing_ancestor(parent_dir, hier.mountpoint)
             _check_writable(existing, h)
             try:
                 _makedirs(parent_dir, existing)
             except OSError as exc:
                 raise _limit_error(exc, "prepare cgroup parent", parent_dir) from None
-            _collect_once(parent_dir)
-            d = os.path.join(parent_dir, name)
-            try:
-                os.mkdir(d)
-            except OSError as exc:
-                raise _limit_error(exc, "create cgroup", d) from None
+            d = _mkdir_cgroup(parent_dir, name)
             dirs.append(d)
             for c in hier.controllers:
                 by_controller[c] = d
