@@ -23,9 +23,8 @@ _HERE = str(pathlib.Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from nsbx_test_helpers import MUST_WORK, need  # noqa: E402
 from nsbx_test_helpers import children as _children  # noqa: E402
-
-MUST_WORK = os.environ.get("NSBOX_MUST_WORK") == "1"
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100
@@ -36,15 +35,6 @@ settings.register_profile(
     database=None, print_blob=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if MUST_WORK else "default"))
-
-
-def need(ok: bool, why: str) -> None:
-    """Skip the test when `ok` is false, or fail it under NSBOX_MUST_WORK=1."""
-    if ok:
-        return
-    if MUST_WORK:
-        pytest.fail(f"NSBOX_MUST_WORK=1 but {why}", pytrace=False)
-    pytest.skip(why)
 
 
 @functools.cache

@@ -18,6 +18,15 @@ import pytest
 MUST_WORK = os.environ.get("NSBOX_MUST_WORK") == "1"
 
 
+def need(ok: bool, why: str) -> None:
+    """Skip the test when `ok` is false, or fail it under NSBOX_MUST_WORK=1."""
+    if ok:
+        return
+    if MUST_WORK:
+        pytest.fail(f"NSBOX_MUST_WORK=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
 def uniq(prefix: str = "nsbx") -> str:
     """A unique name carrying the nsbx prefix (every object a test creates has it)."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -271,6 +280,4 @@ def static_probe(tmp_path_factory) -> Probe:
         if res.returncode == 0 and _is_static_elf(str(d / "probe")):
             return Probe(str(d / "probe"), busybox=False)
         why = f"cc -static failed: {res.stderr.strip()[-300:]}"
-    if MUST_WORK:
-        pytest.fail(f"NSBOX_MUST_WORK=1 but {why}", pytrace=False)
-    pytest.skip(why)
+    need(False, why)

@@ -17,8 +17,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import need
-from nsbx_test_helpers import uniq
+from nsbx_test_helpers import need, uniq
 
 import nsbox
 from nsbox import _cgroup
