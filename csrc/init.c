@@ -1,11 +1,17 @@
 /*
  * init.c - nsbox-init, pid 1 of every sandbox (a small static executable).
  *
- *   nsbox-init REPORT_FD PARENT_PIDFD FLAGS FAIL_STAGE FAIL_ERRNO RLIMITS -- CMD [ARGS...]
+ *   nsbox-init REPORT_FD PARENT_PIDFD FLAGS FAIL_STAGE FAIL_ERRNO RLIMITS CGROUP -- CMD [ARGS...]
  *
  * RLIMITS is "-" or a comma-separated list of RESOURCE:SOFT:HARD (decimal,
  * -1 for unlimited), applied to the command alone: init itself needs a few
  * fds more than a tiny RLIMIT_NOFILE would leave it.
+ *
+ * CGROUP is "-" or NAME,ESCAPE_FD:PARENT_FD,... for a sandbox with a cgroup
+ * (one pair per hierarchy): if the caller dies, nobody is left to remove the
+ * cgroup, so init does: it kills and reaps every process of the sandbox,
+ * moves itself out by writing "0" to ESCAPE_FD (a cgroup.procs or tasks file
+ * the caller opened) and removes NAME below PARENT_FD.
  *
  * Starts the command with vfork+execve (PATH searched inside the sandbox),
  * reports STARTED or the exec error on the report pipe, forwards the usual
@@ -164,9 +170,71 @@ static int apply_rlimits(const char *spec, long *err)
     return -1;
 }
 
+#define MAX_CGROUP_FDS 16
+static int cg_escape[MAX_CGROUP_FDS], cg_parent[MAX_CGROUP_FDS], cg_count;
+static char cg_name[256];
+
+/* Parse CGROUP (see the top) and make its fds close-on-exec. */
+static void parse_cgroup(const char *spec)
+{
+    if (rt_streq(spec, "-"))
+        return;
+    size_t n = 0;
+    while (spec[n] && spec[n] != ',' && n + 1 < sizeof cg_name) {
+        cg_name[n] = spec[n];
+        n++;
+    }
+    cg_name[n] = 0;
+    const char *p = rt_strchr(spec, ',');
+    while (p && cg_count < MAX_CGROUP_FDS) {
+        const char *colon = rt_strchr(p + 1, ':');
+        if (!colon)
+            break;
+        cg_escape[cg_count] = (int)parse_int(p + 1);
+        cg_parent[cg_count] = (int)parse_int(colon + 1);
+        rt_fcntl(cg_escape[cg_count], RT_F_SETFD, RT_FD_CLOEXEC);
+        rt_fcntl(cg_parent[cg_count], RT_F_SETFD, RT_FD_CLOEXEC);
+        cg_count++;
+        p = rt_strchr(colon, ',');
+    }
+}
+
+/*
+ * The caller died: end the sandbox and leave nothing behind. As pid 1, kill
+ * every other process of the namespace and reap them all; then step out of
+ * the sandbox's cgroup and remove it. (Without a pid namespace only the
+ * command is ours to kill: processes it left would keep the cgroup busy.)
+ */
+static __attribute__((noreturn)) void caller_gone(long flags, long pid)
+{
+    /* kill(-1) only as pid 1: there it means every process of our own pid
+     * namespace; anywhere else it would mean every process we may signal. */
+    if (flags & INIT_PID1)
+        rt_kill(-1, RT_SIGKILL);
+    else if (pid > 0)
+        rt_kill((int)pid, RT_SIGKILL);
+    if (cg_count) {
+        /* Everything was killed, so this ends (without a pid namespace, wait
+         * for the command alone: what else it left may live on). */
+        if (flags & INIT_PID1) {
+            long w;
+            while ((w = rt_wait(-1, NULL, 0)) > 0 || w == -RT_EINTR)
+                ;
+        } else if (pid > 0) {
+            while (rt_wait((int)pid, NULL, 0) == -RT_EINTR)
+                ;
+        }
+        for (int i = 0; i < cg_count; i++)
+            rt_write(cg_escape[i], "0", 1);
+        for (int i = 0; i < cg_count; i++)
+            rt_rmdirat(cg_parent[i], cg_name);
+    }
+    rt_exit(128 + RT_SIGKILL);
+}
+
 static __attribute__((noreturn)) void init_main(int argc, char **argv)
 {
-    if (argc < 9 || !rt_streq(argv[7], "--"))
+    if (argc < 10 || !rt_streq(argv[8], "--"))
         rt_exit(NSBOX_EXIT_SETUP);
     report_fd = (int)parse_int(argv[1]);
     int parent = (int)parse_int(argv[2]);
@@ -174,7 +242,8 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     int fail_stage = (int)parse_int(argv[4]);
     int fail_errno = (int)parse_int(argv[5]);
     const char *rlimits = argv[6];
-    char **cmd = argv + 8;
+    parse_cgroup(argv[7]);
+    char **cmd = argv + 9;
     long rc;
 
     /* Signals arrive blocked from the setup child (and are blocked here in
@@ -199,7 +268,7 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
         rt_prctl(RT_PR_SET_PDEATHSIG, 0);
         struct rt_pollfd p = {.fd = parent, .events = RT_POLLIN, .revents = 0};
         if (rt_ppoll(&p, 1, 1) > 0)
-            rt_exit(128 + RT_SIGKILL);
+            caller_gone(flags, -1);
     }
     if (!(flags & INIT_PID1))
         rt_prctl(RT_PR_SET_CHILD_SUBREAPER, 1);
@@ -253,12 +322,8 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
             continue;
         if (n < 0)
             break;
-        if (nfds == 2 && fds[1].revents) {
-            /* The caller is gone. As pid 1, our exit kills the namespace. */
-            if (!(flags & INIT_PID1))
-                rt_kill((int)pid, RT_SIGKILL);
-            rt_exit(128 + RT_SIGKILL);
-        }
+        if (nfds == 2 && fds[1].revents)
+            caller_gone(flags, pid);
         if (!fds[0].revents)
             continue;
         struct rt_siginfo si;

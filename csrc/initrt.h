@@ -37,6 +37,7 @@
 #define RT_WNOHANG 1
 #define RT_F_OK 0
 #define RT_AT_FDCWD (-100)
+#define RT_AT_REMOVEDIR 0x200
 #define RT_SIGHUP 1
 #define RT_SIGINT 2
 #define RT_SIGQUIT 3
@@ -168,6 +169,10 @@ static inline long rt_exists(const char *path)
 static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
 {
     return RT_SYS(__NR_prlimit64, 0, resource, lim, NULL, 0, 0);
+}
+static inline long rt_rmdirat(int dirfd, const char *name)
+{
+    return RT_SYS(__NR_unlinkat, dirfd, name, RT_AT_REMOVEDIR, 0, 0, 0);
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {
@@ -309,6 +314,10 @@ static inline long rt_exists(const char *path)
 static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
 {
     return rt_ret((int)syscall(SYS_prlimit64, 0, resource, lim, NULL));
+}
+static inline long rt_rmdirat(int dirfd, const char *name)
+{
+    return rt_ret(unlinkat(dirfd, name, RT_AT_REMOVEDIR));
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {

@@ -14,7 +14,8 @@ Only directories whose names start with `nsbx-` (and the default parent
 `nsbox`) are ever created, written or removed: cgroups that are not nsbox's
 are read at most. The cgroup is removed when the sandbox is reaped; cgroups
 left by a process that was killed before it could remove them are removed by
-the next nsbox process that uses the same parent.
+the next nsbox process that uses the same parent. (If the caller dies,
+nsbox-init kills the sandbox and removes its cgroup itself, so that is rare.)
 """
 
 from __future__ import annotations
@@ -350,6 +351,7 @@ class Group:
         self.dirs = dirs
         self.limits = limits
         self.removed = False
+        self._cleanup: list[tuple[int, int]] = []  # (escape fd, parent dirfd) per dir
 
     # The parent's side of the spawn: fds for the C spec, closed after the clone.
     def procs_fds(self) -> list[int]:
@@ -358,8 +360,40 @@ class Group:
     def dirfd(self) -> int:
         return -1
 
+    def open_cleanup(self, escapes: list[str | None]) -> None:
+        """Open what nsbox-init needs to remove the cgroup if the caller dies:
+        per directory, a file to move itself out with (`escapes`: a tasks or
+        cgroup.procs file of a cgroup outside the sandbox's) and the parent."""
+        for d, escape in zip(self.dirs, escapes, strict=True):
+            fd = -1
+            if escape is not None:
+                try:
+                    fd = os.open(escape, os.O_WRONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue  # init could not step out: the next nsbox process collects it
+            try:
+                parent = os.open(os.path.dirname(d), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                if fd >= 0:
+                    os.close(fd)
+                continue
+            self._cleanup.append((fd, parent))
+
+    def init_arg(self) -> tuple[bytes, list[int]]:
+        """nsbox-init's CGROUP argument and the fds it needs to inherit."""
+        if not self._cleanup:
+            return b"-", []
+        pairs = ",".join(f"{e}:{p}" for e, p in self._cleanup)
+        name = os.fsencode(os.path.basename(self.dirs[0]))
+        return name + b"," + pairs.encode(), [fd for pair in self._cleanup for fd in pair
+                                              if fd >= 0]
+
     def close_fds(self) -> None:
-        pass
+        pairs, self._cleanup = self._cleanup, []
+        for pair in pairs:
+            for fd in pair:
+                if fd >= 0:
+                    os.close(fd)
 
     def pids(self) -> list[int]:
         """Host pids of the processes in the cgroup."""
@@ -460,6 +494,7 @@ class GroupV2(Group):
         return self._dirfd
 
     def close_fds(self) -> None:
+        super().close_fds()
         if self._dirfd >= 0:
             fd, self._dirfd = self._dirfd, -1
             os.close(fd)
@@ -519,6 +554,7 @@ class GroupV1(Group):
         return list(self._fds)
 
     def close_fds(self) -> None:
+        super().close_fds()
         fds, self._fds = self._fds, []
         for fd in fds:
             os.close(fd)
@@ -708,6 +744,10 @@ def _create_v2(limits: Limits, h: Host, parent: str, name: str) -> Group:
         for fname, value in _v2_limit_files(limits, d):
             _write_limit(os.path.join(d, fname), value)
         group.open()
+        # If the caller dies, init steps back into the caller's own cgroup
+        # (where a fork would have put it) to remove the sandbox's.
+        own = h.v2.path(h.own[""]) if "" in h.own else None
+        group.open_cleanup([os.path.join(own, "cgroup.procs") if own else None])
     except BaseException:
         _discard(group)
         raise
@@ -793,6 +833,9 @@ def _create_v1(limits: Limits, h: Host, parent: str, name: str) -> Group:
                 for fname, value in _v1_limit_files(limits, c, d):
                     _write_limit(os.path.join(d, fname), value)
         group.open()
+        # If the caller dies, init steps into nsbox's parent to remove the
+        # sandbox's cgroup (v1 allows processes in any cgroup).
+        group.open_cleanup([os.path.join(os.path.dirname(d), "tasks") for d in dirs])
     except BaseException:
         _discard(group)
         raise

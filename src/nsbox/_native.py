@@ -161,6 +161,7 @@ def spawn(
     keep: list = [packed]
     fail_stage, fail_errno = debug_fail or (-1, 0)
     init_flags = INIT_PID1 if "pid" in plan.namespaces else 0
+    cgroup_arg, cgroup_fds = cgroup.init_arg() if cgroup is not None else (b"-", [])
     init_argv = [
         b"nsbox-init",
         b"%d" % report_fd,
@@ -169,6 +170,7 @@ def spawn(
         b"%d" % fail_stage,
         b"%d" % fail_errno,
         packed.rlimits,
+        cgroup_arg,
         b"--",
         *packed.argv,
     ]
@@ -182,7 +184,8 @@ def spawn(
     spec.report_fd = report_fd
     spec.parent_pidfd = self_pidfd
     spec.stdio = list(stdio)
-    keep_fds = [*plan.pass_fds, report_fd] + ([self_pidfd] if self_pidfd >= 0 else [])
+    keep_fds = [*plan.pass_fds, report_fd, *([self_pidfd] if self_pidfd >= 0 else []),
+                *cgroup_fds]
     keep_arr = ffi.new("int32_t[]", keep_fds)
     keep.append(keep_arr)
     spec.keep_fds = keep_arr

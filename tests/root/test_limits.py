@@ -192,33 +192,49 @@ def test_without_pid_namespace_kill_takes_the_whole_cgroup(procs, sleep_marker):
 
 
 KILLED_PARENT = textwrap.dedent("""
-    import os, sys, nsbox
-    box = nsbox.Sandbox(["sleep", "60"], limits=nsbox.Limits(pids=10))
-    print(box._group.dirs[0], flush=True)
+    import sys, nsbox
+    lim = nsbox.Limits(**eval(sys.argv[1]))
+    box = nsbox.Sandbox(["sh", "-c", "sleep 60 & sleep 60 & wait"], limits=lim)
+    print(" ".join(box._group.dirs), flush=True)
     sys.stdin.read()
 """)
 
 
-def test_cgroup_of_a_killed_caller_is_collected_by_the_next_nsbox_process():
-    controllers_here("pids")
-    p = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+def kill_caller_and_check_cgroup_goes(limits: dict) -> None:
+    """A caller with a limited sandbox is SIGKILLed: the sandbox dies with it
+    and its init removes the cgroup, with no other nsbox process involved."""
+    p = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, repr(limits)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        path = p.stdout.readline().strip()
-        assert os.path.isdir(path)
+        dirs = p.stdout.readline().split()
+        assert dirs and all(os.path.isdir(d) for d in dirs)
     finally:
         p.kill()
         p.wait()
         p.stdin.close()
         p.stdout.close()
-    # The sandbox dies with its caller (init watches the caller's pidfd)...
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _cgroup.GroupV1([path], nsbox.Limits(), {}).pids():
-        time.sleep(0.05)
-    # ...and the next nsbox process that uses the parent removes what is left.
+    while time.monotonic() < deadline and any(os.path.exists(d) for d in dirs):
+        time.sleep(0.02)
+    assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_cgroup_of_a_killed_caller_is_removed_by_init():
+    controllers_here("memory", "pids")
+    kill_caller_and_check_cgroup_goes({"memory": "64M", "pids": 10})
+
+
+def test_stale_cgroup_is_collected_by_the_next_nsbox_process():
+    # What init could not remove (it was killed too): an empty nsbx- cgroup of
+    # a process that is gone. The next nsbox process using the parent removes it.
+    controllers_here("pids")
+    group = _cgroup.create(nsbox.Limits(pids=10))  # (makes sure the parent exists)
+    group.remove()
+    stale = os.path.join(os.path.dirname(group.dirs[0]), f"{_cgroup.PREFIX}999999999-1-1")
+    os.mkdir(stale)
     subprocess.run([sys.executable, "-m", "nsbox", "run", "--pids", "10", "--", "true"],
                    check=True)
-    assert not os.path.exists(path)
+    assert not os.path.exists(stale)
 
 
 # -- cgroup v2 for real -------------------------------------------------------------------
@@ -253,3 +269,8 @@ def test_v2_for_real_clone_into_cgroup_and_kill(v2_parent, procs, sleep_marker):
         box.wait()
     assert procs.wait_gone(sleep_marker) == []
     assert [d for d in os.listdir(path) if d.startswith("nsbx-")] == []
+
+
+def test_v2_for_real_killed_caller(v2_parent):
+    name, path = v2_parent
+    kill_caller_and_check_cgroup_goes({"cgroup_parent": name})

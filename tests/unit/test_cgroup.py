@@ -472,3 +472,23 @@ def test_collect_stale(tmp_path):
     assert sorted(removed) == sorted(str(tmp_path / n) for n in (reused, "nsbx-999999999-1-1"))
     assert sorted(os.listdir(tmp_path)) == sorted([me, *others])
     assert C.collect_stale(str(tmp_path / "missing")) == []
+
+
+def test_init_cleanup_argument(tmp_path):
+    # What nsbox-init gets to remove the cgroup if the caller dies: the name,
+    # then per hierarchy the fd of a file to step out with and the parent's fd.
+    hs = v1_hierarchies(tmp_path, ("memory", "pids"))
+    for h in hs:
+        put(pathlib.Path(h.mountpoint, "nsbox"), tasks="")  # v1 parents have `tasks`
+    group = C.create(Limits(memory="64M", pids=5), C.Host(hs, {}, 0))
+    try:
+        arg, fds = group.init_arg()
+        name, *pairs = arg.decode().split(",")
+        assert name == os.path.basename(group.dirs[0]) and len(pairs) == 2
+        assert sorted(int(x) for p in pairs for x in p.split(":")) == sorted(fds)
+        targets = {os.readlink(f"/proc/self/fd/{fd}") for fd in fds}
+        assert targets == {p for d in group.dirs for p in (os.path.dirname(d),
+                                                            os.path.dirname(d) + "/tasks")}
+    finally:
+        group.close_fds()
+    assert group.init_arg() == (b"-", [])
