@@ -17,6 +17,11 @@ import pytest
 
 MUST_WORK = os.environ.get("NSBOX_MUST_WORK") == "1"
 
+# A Python the sandbox can see: its default /tmp and /dev are its own, so not
+# a venv below the host's /tmp (a clone there, or the uid-65534 run's venv).
+SANDBOX_PYTHON = (sys.executable if not sys.executable.startswith(("/tmp/", "/dev/"))
+                  else "/usr/bin/python3")
+
 
 def need(ok: bool, why: str) -> None:
     """Skip the test when `ok` is false, or fail it under NSBOX_MUST_WORK=1."""

@@ -17,7 +17,7 @@ import textwrap
 import time
 
 import pytest
-from nsbx_test_helpers import need, uniq
+from nsbx_test_helpers import SANDBOX_PYTHON, need, uniq
 
 import nsbox
 from nsbox import _cgroup
@@ -49,7 +49,7 @@ def sandbox_cgroups() -> set[str]:
 
 def test_memory_hog_ends_with_reason_oom():
     controllers_here("memory")
-    r = nsbox.run([sys.executable, "-c", HOG], limits=nsbox.Limits(memory="50M"),
+    r = nsbox.run([SANDBOX_PYTHON, "-c", HOG], limits=nsbox.Limits(memory="50M"),
                   capture_output=True)
     assert r.returncode == -signal.SIGKILL
     assert r.reason == "oom"
@@ -62,7 +62,7 @@ def test_oom_on_the_cli(cli):
     controllers_here("memory")
     rfd, wfd = os.pipe()
     try:
-        r = cli("--memory", "50M", "--status-fd", str(wfd), "--", sys.executable, "-c", HOG,
+        r = cli("--memory", "50M", "--status-fd", str(wfd), "--", SANDBOX_PYTHON, "-c", HOG,
                 pass_fds=(wfd,))
     finally:
         os.close(wfd)
@@ -77,7 +77,7 @@ def test_oom_on_the_cli(cli):
 
 def test_a_program_under_its_memory_limit_is_untouched():
     controllers_here("memory")
-    r = nsbox.run([sys.executable, "-c", "x = b'x' * (20 << 20)"],
+    r = nsbox.run([SANDBOX_PYTHON, "-c", "x = b'x' * (20 << 20)"],
                   limits=nsbox.Limits(memory="128M"))
     assert (r.returncode, r.reason, r.stats.oom_kills) == (0, "exited", 0)
 
@@ -103,7 +103,7 @@ FORK_LOOP = textwrap.dedent("""
 def test_fork_loop_cannot_exceed_pids():
     controllers_here("pids")
     start = time.monotonic()
-    r = nsbox.run([sys.executable, "-c", FORK_LOOP], limits=nsbox.Limits(pids=20),
+    r = nsbox.run([SANDBOX_PYTHON, "-c", FORK_LOOP], limits=nsbox.Limits(pids=20),
                   capture_output=True, text=True, timeout=60)
     forked, visible = map(int, r.stdout.split())
     # init and python are two of the 20 tasks.

@@ -4,18 +4,16 @@ who cannot have cgroups. Runs as root, under `unshare -r` and as uid 65534."""
 from __future__ import annotations
 
 import signal
-import sys
 
 import pytest
+from nsbx_test_helpers import SANDBOX_PYTHON
 
 import nsbox
 from nsbox import _cgroup
 
 pytestmark = pytest.mark.usefixtures("userns")
 
-# A Python the sandbox can see: the sandbox has a /tmp of its own, so not a
-# venv under the host's /tmp (as in the uid-65534 run).
-PY = sys.executable if not sys.executable.startswith(("/tmp/", "/dev/")) else "/usr/bin/python3"
+PY = SANDBOX_PYTHON
 
 FD_HOG = ("import os\nfds = []\ntry:\n    while True:\n"
           "        fds.append(os.open('/dev/null', 0))\n"
