@@ -643,18 +643,25 @@ static void change_dir(const struct nsbox_spec *s)
 NSBOX_HIDDEN int nsbox_child_main(void *arg)
 {
     const struct nsbox_spec *s = arg;
+    mark_phase(s->timings, NSBOX_PHASE_CHILD);
     restore_signals();
     die_with_parent(s);
     join_cgroup(s);
+    mark_phase(s->timings, NSBOX_PHASE_CGROUP);
     write_id_maps(s);
+    mark_phase(s->timings, NSBOX_PHASE_ID_MAP);
     build_filesystem(s);
+    mark_phase(s->timings, NSBOX_PHASE_MOUNTS);
     set_hostname(s);
     loopback_up(s);
+    mark_phase(s->timings, NSBOX_PHASE_NETWORK);
     drop_caps(s);
     set_ids(s);
+    mark_phase(s->timings, NSBOX_PHASE_PRIVILEGES);
     arrange_fds(s);
     change_dir(s);
     inject(s, NSBOX_STAGE_EXEC_INIT, 0);
+    mark_phase(s->timings, NSBOX_PHASE_EXEC_INIT);
     sys_execveat(s->init_fd, "", s->init_argv, s->envp, AT_EMPTY_PATH);
     fail(s, NSBOX_STAGE_EXEC_INIT, errno, 0);
 }

@@ -57,6 +57,12 @@ struct rt_pollfd {
     short revents;
 };
 
+#define RT_CLOCK_MONOTONIC 1
+struct rt_timespec {
+    int64_t sec;
+    int64_t nsec;
+};
+
 /* struct rlimit64 of prlimit64(2); all ones is RLIM64_INFINITY. */
 struct rt_rlimit {
     uint64_t cur;
@@ -173,6 +179,10 @@ static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
 static inline long rt_rmdirat(int dirfd, const char *name)
 {
     return RT_SYS(__NR_unlinkat, dirfd, name, RT_AT_REMOVEDIR, 0, 0, 0);
+}
+static inline long rt_clock_gettime(int clock, struct rt_timespec *ts)
+{
+    return RT_SYS(__NR_clock_gettime, clock, ts, 0, 0, 0, 0);
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {
@@ -318,6 +328,10 @@ static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
 static inline long rt_rmdirat(int dirfd, const char *name)
 {
     return rt_ret(unlinkat(dirfd, name, RT_AT_REMOVEDIR));
+}
+static inline long rt_clock_gettime(int clock, struct rt_timespec *ts)
+{
+    return rt_ret((int)syscall(SYS_clock_gettime, clock, ts));
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {

@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* NSBOX_CDEF_BEGIN */
-#define NSBOX_ABI_VERSION 2
+#define NSBOX_ABI_VERSION 3
 #define NSBOX_REPORT_MAGIC 1313096241
 
 /* Setup stages, in the order the child runs them. A failure record names one. */
@@ -45,7 +45,8 @@ enum nsbox_stage {
 enum nsbox_report_kind {
     NSBOX_REPORT_ERROR = 1,   /* stage, err, index: setup failed, nothing runs */
     NSBOX_REPORT_STARTED = 2, /* value: the command's pid inside the sandbox */
-    NSBOX_REPORT_EXITED = 3   /* value: the command's wait status */
+    NSBOX_REPORT_EXITED = 3,  /* value: the command's wait status */
+    NSBOX_REPORT_TIME = 4     /* stage: a phase; index, value: high, low 32 bits of its ns */
 };
 
 /* One fixed-size record, written with a single write(2). */
@@ -56,6 +57,25 @@ struct nsbox_report {
     int32_t err;
     int32_t index;
     int32_t value;
+};
+
+/* Phase timestamps (CLOCK_MONOTONIC, ns), when the caller asks for them:
+ * spawn.c and child.c write them into spec->timings (the child shares the
+ * caller's memory until it execs), init.c sends its own as TIME records. */
+enum nsbox_phase {
+    NSBOX_PHASE_CLONE = 0,      /* parent: just before clone3 */
+    NSBOX_PHASE_CHILD = 1,      /* child: first instruction of setup */
+    NSBOX_PHASE_CGROUP = 2,     /* child: in its cgroup */
+    NSBOX_PHASE_ID_MAP = 3,     /* child: id maps written */
+    NSBOX_PHASE_MOUNTS = 4,     /* child: filesystem built, pivot_root done */
+    NSBOX_PHASE_NETWORK = 5,    /* child: hostname set, loopback up */
+    NSBOX_PHASE_PRIVILEGES = 6, /* child: capabilities dropped, ids set */
+    NSBOX_PHASE_EXEC_INIT = 7,  /* child: fds and cwd ready, execveat of nsbox-init */
+    NSBOX_PHASE_SPAWNED = 8,    /* parent: clone returned (the child has exec'd) */
+    NSBOX_PHASE_INIT = 9,       /* init: started (TIME record) */
+    NSBOX_PHASE_EXEC = 10,      /* init: the command's execve succeeded (TIME record) */
+    NSBOX_PHASE_EXITED = 11,    /* init: the command reaped (TIME record) */
+    NSBOX_PHASE_COUNT = 12
 };
 
 #define NSBOX_NS_USER 1
@@ -113,6 +133,7 @@ struct nsbox_spec {
     const int32_t *cgroup_procs;   /* cgroup v1: `tasks` fds the child writes "0" to */
     uint32_t n_cgroup_procs;
     int32_t cgroup_dirfd;          /* cgroup v2: the cgroup to clone into (CLONE_INTO_CGROUP), or -1 */
+    uint64_t *timings;             /* NSBOX_PHASE_COUNT slots, or NULL: no timestamps */
     int32_t debug_fail_stage;      /* tests: make this stage fail ... */
     int32_t debug_fail_errno;      /* ... with this errno */
 };

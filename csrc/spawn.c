@@ -138,6 +138,7 @@ int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
         ca.flags |= CLONE_INTO_CGROUP;
         ca.cgroup = (uint64_t)spec->cgroup_dirfd;
     }
+    mark_phase(spec->timings, NSBOX_PHASE_CLONE);
     long pid = clone3_call(&ca, nsbox_child_main, (void *)(uintptr_t)spec);
     int err = pid < 0 ? (int)-pid : 0;
     if (err == ENOSYS && spec->cgroup_dirfd < 0) {
@@ -145,6 +146,7 @@ int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
                     (void *)(uintptr_t)spec, &pidfd);
         err = pid < 0 ? errno : 0;
     }
+    mark_phase(spec->timings, NSBOX_PHASE_SPAWNED);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     munmap(stack, CHILD_STACK_SIZE);
     if (pid < 0) {

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define NSBOX_HIDDEN __attribute__((visibility("hidden")))
@@ -128,6 +129,17 @@ static inline int sys_execveat(int dfd, const char *path, char *const argv[], ch
                                int flags)
 {
     return (int)syscall(SYS_execveat, dfd, path, argv, envp, flags);
+}
+
+/* Record phase `phase` now, if the caller asked for timestamps. The raw
+ * syscall, not the vDSO: the child must not depend on libc state. */
+static inline void mark_phase(uint64_t *timings, int phase)
+{
+    if (!timings)
+        return;
+    struct timespec ts;
+    syscall(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+    timings[phase] = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* write(2) the whole buffer, retrying on EINTR; records are small, one write suffices. */

@@ -25,6 +25,7 @@ lib = _nsbox_cffi.lib
 
 INIT_PATH = os.path.join(os.path.dirname(_nsbox_cffi.__file__), "nsbox-init")
 INIT_PID1 = 1
+INIT_TIMES = 2
 
 _lock = _thread.allocate_lock()
 _cache: dict[str, int] = {}
@@ -149,10 +150,13 @@ def spawn(
     stdio: tuple[int, int, int],
     debug_fail: tuple[int, int] | None = None,
     cgroup: object = None,
+    timings: list | None = None,
 ) -> tuple[int, int]:
     """Start the sandbox described by `plan`; returns (pid, pidfd) of its init.
 
-    `cgroup` is the sandbox's _cgroup.Group, if it has one. Raises
+    `cgroup` is the sandbox's _cgroup.Group, if it has one. With a list as
+    `timings`, the phase timestamps of the spawn (ns, CLOCK_MONOTONIC, 0 for
+    a phase that did not run) are appended to it. Raises
     UnsupportedError/SpawnError when the clone itself fails. Failures after
     the clone arrive as records on the report pipe.
     """
@@ -160,7 +164,8 @@ def spawn(
     packed = _pack(plan)
     keep: list = [packed]
     fail_stage, fail_errno = debug_fail or (-1, 0)
-    init_flags = INIT_PID1 if "pid" in plan.namespaces else 0
+    init_flags = (INIT_PID1 if "pid" in plan.namespaces else 0) | \
+        (INIT_TIMES if timings is not None else 0)
     cgroup_arg, cgroup_fds = cgroup.init_arg() if cgroup is not None else (b"-", [])
     init_argv = [
         b"nsbox-init",
@@ -209,10 +214,17 @@ def spawn(
         spec.cgroup_procs = procs_arr
     spec.n_cgroup_procs = len(procs)
     spec.cgroup_dirfd = cgroup.dirfd() if cgroup is not None else -1
+    if timings is not None:
+        stamps = ffi.new("uint64_t[]", lib.NSBOX_PHASE_COUNT)
+        keep.append(stamps)
+        spec.timings = stamps
     spec.debug_fail_stage = fail_stage
     spec.debug_fail_errno = fail_errno
 
     out = ffi.new("struct nsbox_child *")
-    if lib.nsbox_spawn(spec, out) < 0:
+    rc = lib.nsbox_spawn(spec, out)
+    if timings is not None:
+        timings.extend(stamps)
+    if rc < 0:
         raise _errors.clone_error(out.err, plan.namespaces)
     return out.pid, out.pidfd

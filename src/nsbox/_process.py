@@ -37,6 +37,11 @@ def _timeout_expired(*args, **kwargs):
 
 _PIPE_BUF = 65536
 
+# The phases `timings` reports: "start" (the Sandbox call), then the C
+# core's NSBOX_PHASE_* in order, then "reaped" (init reaped by the caller).
+PHASES = ("start", "clone", "child", "cgroup", "id_map", "mounts", "network", "privileges",
+          "exec_init", "spawned", "init", "exec", "exited", "reaped")
+
 # Signals from the caller that make a death by signal the caller's doing.
 _ENDING_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                              signal.SIGQUIT})
@@ -95,6 +100,7 @@ class Sandbox:
         errors: str | None = None,
         universal_newlines: bool | None = None,
         bufsize: int = -1,
+        timings: bool = False,
         _debug_fail: tuple[str, int] | None = None,
         _lazy_start: bool = False,
         **options: object,
@@ -117,6 +123,8 @@ class Sandbox:
         self._stats = None
         self.reason: str | None = None
         self._started_at = time.monotonic()
+        # Phase timestamps (ns) when asked for: see `timings`.
+        self._phase_ns: dict[int, int] | None = {-1: time.monotonic_ns()} if timings else None
 
         spec = make_spec(args, **options)
         self.spec = spec
@@ -147,8 +155,14 @@ class Sandbox:
 
                 self._group = _cgroup.create(plan.limits)
             self._started_at = time.monotonic()
-            self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
-                                                  debug_fail=debug, cgroup=self._group)
+            stamps: list[int] | None = [] if timings else None
+            try:
+                self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
+                                                      debug_fail=debug, cgroup=self._group,
+                                                      timings=stamps)
+            finally:
+                if stamps:
+                    self._phase_ns.update((i, ns) for i, ns in enumerate(stamps) if ns)
         except BaseException:
             for fd in child_fds + parent_fds:
                 os.close(fd)
@@ -220,10 +234,21 @@ class Sandbox:
                 raise TypeError(f"invalid stdio value: {spec!r}")
         return tuple(stdio), parents
 
+    def _next_record(self) -> _protocol.Record | None:
+        """The next record read, keeping TIME records aside."""
+        while self._records:
+            rec = self._records.pop(0)
+            if rec.kind != _protocol.TIME:
+                return rec
+            if self._phase_ns is not None:
+                self._phase_ns[rec.stage] = rec.time_ns
+        return None
+
     def _read_record(self, block: bool) -> _protocol.Record | None:
         """The next record from the report pipe, or None at EOF (or nothing yet)."""
-        if self._records:
-            return self._records.pop(0)
+        rec = self._next_record()
+        if rec is not None:
+            return rec
         while True:
             if not block:
                 os.set_blocking(self._report_fd, False)
@@ -237,8 +262,9 @@ class Sandbox:
             if not data:
                 return None
             self._records.extend(self._decoder.feed(data))
-            if self._records:
-                return self._records.pop(0)
+            rec = self._next_record()
+            if rec is not None:
+                return rec
 
     def _wait_started(self, plan: _plan.Plan) -> None:
         try:
@@ -343,6 +369,8 @@ class Sandbox:
         """Record the returncode from init's EXITED record (or its own status),
         the stats and the reason, and remove the cgroup."""
         ended = time.monotonic()
+        if self._phase_ns is not None:
+            self._phase_ns[PHASES.index("reaped") - 1] = time.monotonic_ns()
         try:
             record = self._read_record(block=False)
             if self._start_pending:
@@ -392,6 +420,24 @@ class Sandbox:
                 if info is not None:
                     self._finish(info)
             return self.returncode
+
+    @property
+    def timings(self) -> dict[str, float] | None:
+        """With timings=True: when each phase of this sandbox was reached, in
+        seconds since the Sandbox call began, in order (see nsbox.PHASES)."""
+        if self._phase_ns is None:
+            return None
+        if self.returncode is None:
+            with self._lock:
+                if self._report_fd >= 0:  # TIME records that already arrived
+                    try:
+                        rec = self._read_record(block=False)
+                    except _protocol.ProtocolError:
+                        rec = None
+                    if rec is not None:
+                        self._records.insert(0, rec)
+        t0 = self._phase_ns[-1]
+        return {PHASES[i + 1]: (ns - t0) / 1e9 for i, ns in sorted(self._phase_ns.items())}
 
     def stats(self):
         """nsbox.Stats of the whole sandbox: live while it runs (psutil over
@@ -652,4 +698,4 @@ def run(
     if check and retcode:
         raise subprocess.CalledProcessError(retcode, box.args, output=stdout, stderr=stderr)
     return Result(box.args, retcode, stdout, stderr, pid=box.pid, reason=box.reason,
-                  stats=box.stats())
+                  stats=box.stats(), timings=box.timings)

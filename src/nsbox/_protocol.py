@@ -11,11 +11,11 @@ import struct
 
 from ._frozen import Frozen
 
-__all__ = ["Record", "Decoder", "RECORD_SIZE", "MAGIC", "ERROR", "STARTED", "EXITED",
+__all__ = ["Record", "Decoder", "RECORD_SIZE", "MAGIC", "ERROR", "STARTED", "EXITED", "TIME",
            "ProtocolError", "encode"]
 
 MAGIC = 1313096241
-ERROR, STARTED, EXITED = 1, 2, 3
+ERROR, STARTED, EXITED, TIME = 1, 2, 3, 4
 _FORMAT = struct.Struct("=Iiiiii")
 RECORD_SIZE = _FORMAT.size
 
@@ -39,6 +39,11 @@ class Record(Frozen):
         self._set("index", index)
         self._set("value", value)
 
+    @property
+    def time_ns(self) -> int:
+        """A TIME record's timestamp: 64 bits of ns in index (high) and value (low)."""
+        return ((self.index & 0xFFFFFFFF) << 32) | (self.value & 0xFFFFFFFF)
+
 
 def encode(record: Record) -> bytes:
     return _FORMAT.pack(MAGIC, record.kind, record.stage, record.err, record.index, record.value)
@@ -48,7 +53,7 @@ def decode_one(data: bytes) -> Record:
     magic, kind, stage, err, index, value = _FORMAT.unpack(data)
     if magic != MAGIC:
         raise ProtocolError(f"bad record magic {magic:#x}")
-    if kind not in (ERROR, STARTED, EXITED):
+    if kind not in (ERROR, STARTED, EXITED, TIME):
         raise ProtocolError(f"unknown record kind {kind}")
     return Record(kind, stage, err, index, value)
 

@@ -17,11 +17,12 @@ class Result(subprocess.CompletedProcess):
     killed) and its resource use (`stats`, an nsbox.Stats)."""
 
     def __init__(self, args, returncode, stdout=None, stderr=None, pid=None, reason=None,
-                 stats=None):
+                 stats=None, timings=None):
         super().__init__(args, returncode, stdout, stderr)
         self.pid = pid
         self.reason = reason
         self.stats = stats
+        self.timings = timings  # with timings=True: {phase: seconds since start}
 
     def __repr__(self) -> str:
         parts = [f"args={self.args!r}", f"returncode={self.returncode!r}", f"pid={self.pid!r}",
