@@ -19,7 +19,7 @@ from ._errors import (
     SpecError,
     UnsupportedError,
 )
-from ._process import DEVNULL, PIPE, STDOUT, Sandbox, run
+from ._process import DEVNULL, PHASES, PIPE, STDOUT, Sandbox, run
 from ._spec import NAMESPACES, Bind, Limits, Spec, Tmpfs
 
 __version__ = "0.1.0"
@@ -48,6 +48,7 @@ __all__ = [
     "Limits",
     "Stats",
     "NAMESPACES",
+    "PHASES",
     "PIPE",
     "DEVNULL",
     "STDOUT",

@@ -548,8 +548,18 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:
             return int(exc.code or 0)
         return EXIT_NSBOX
+    if argv[0] == "bench":
+        from .bench import main as bench_main
+
+        try:
+            return bench_main(argv[1:])
+        except SystemExit as exc:  # argparse: --help, or a usage error
+            return int(exc.code) if isinstance(exc.code, int) else EXIT_NSBOX
+        except KeyboardInterrupt:
+            return 128 + signal.SIGINT
     if argv[0] != "run":
-        _err(f"unknown command {argv[0]!r} (try: python -m nsbox run --help)")
+        _err(f"unknown command {argv[0]!r} (try: python -m nsbox run --help, "
+             "python -m nsbox bench --help)")
         return EXIT_NSBOX
     try:
         return _run(argv[1:])

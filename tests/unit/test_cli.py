@@ -256,3 +256,13 @@ def test_fixed_round_trip_colon_in_paths(spec):
     except (CliError, SpecError):
         got = None
     assert got == spec
+
+
+def test_bench_usage_errors_are_one_line_and_125(capsys):
+    from nsbox._cli import main
+
+    assert main(["bench", "no-such-part"]) == 125
+    err = capsys.readouterr().err
+    assert err.startswith("nsbox: bench: ") and err.count("\n") == 1
+    assert main(["bench", "--help"]) == 0
+    assert "latency" in capsys.readouterr().out

@@ -1,0 +1,94 @@
+"""Where nsbox's time goes: the phase timestamps of nsbox.run(['/bin/true'], timings=True).
+
+Each phase's cost is the time from the previous phase to it (see nsbox.PHASES
+and csrc/nsbox.h's NSBOX_PHASE_*). Asking for timestamps costs a handful of
+clock reads per sandbox: the total is reported beside plain runs, interleaved.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+from . import pct
+
+TRUE = "/bin/true"
+NS_SETS = ("all", "user+mnt+pid+uts+ipc", "user", "none")
+
+WHAT = {
+    "clone": "Python before the clone: plan (cached), pipes, the C spec",
+    "child": "clone3 with the namespaces, until the child runs",
+    "cgroup": "joining the cgroup (only with cgroup limits)",
+    "id_map": "uid/gid maps",
+    "mounts": "root tree, /dev, /proc, /tmp, user mounts, pivot_root",
+    "network": "hostname, loopback up",
+    "privileges": "capability bounding set, no_new_privs, ids",
+    "exec_init": "fds, cwd",
+    "spawned": "execveat of nsbox-init until the caller resumes",
+    "init": "nsbox-init starts",
+    "exec": "vfork + execve of the command",
+    "exited": "the command runs and exits",
+    "reaped": "init exits, the namespaces go, the caller reaps",
+}
+
+
+def run(quick: bool, progress) -> dict:
+    import nsbox
+    from nsbox._process import PHASES
+
+    from .latency import nsbox_kwargs, parse_ns_set
+
+    n = 40 if quick else 400
+    sets = NS_SETS[:2] if quick else NS_SETS
+    out: dict[str, object] = {"runs": n, "ns_sets": {}}
+    bar = progress("phases", n * len(sets) * 2)
+    try:
+        for label in sets:
+            kw = nsbox_kwargs(parse_ns_set(label))
+            for _ in range(5):
+                nsbox.run([TRUE], timings=True, **kw)
+            timed: list[dict[str, float]] = []
+            plain: list[float] = []
+            for _ in range(n):
+                order = [True, False]
+                random.shuffle(order)
+                for with_timings in order:
+                    t = time.perf_counter()
+                    r = nsbox.run([TRUE], timings=with_timings, **kw)
+                    elapsed = time.perf_counter() - t
+                    if with_timings:
+                        timed.append(r.timings)
+                    else:
+                        plain.append(elapsed)
+                    bar.step()
+            steps = {}
+            for prev, phase in zip(PHASES, PHASES[1:], strict=False):
+                d = sorted((t[phase] - t[prev]) * 1e3 for t in timed if phase in t and prev in t)
+                if d:
+                    steps[phase] = {"p50_ms": pct(d, 0.5), "p95_ms": pct(d, 0.95),
+                                    "p99_ms": pct(d, 0.99), "what": WHAT.get(phase, "")}
+            totals = sorted(t["reaped"] * 1e3 for t in timed)
+            out["ns_sets"][label] = {
+                "phases": steps,
+                "total_p50_ms": pct(totals, 0.5),
+                "plain_p50_ms": pct(sorted(x * 1e3 for x in plain), 0.5),
+            }
+    finally:
+        bar.close()
+    _print(out)
+    return out
+
+
+def _print(out: dict) -> None:
+    for label, r in out["ns_sets"].items():
+        total = r["total_p50_ms"]
+        print(f"\nphases [{label}]: p50 of each step, ms (share of the total p50)")
+        for phase, s in r["phases"].items():
+            share = s["p50_ms"] / total if total else 0
+            print(f"  {phase:11s} {s['p50_ms']:7.3f}  p95 {s['p95_ms']:7.3f}  {share:5.1%}  "
+                  f"{s['what']}")
+        overhead = r["total_p50_ms"] / r["plain_p50_ms"] if r["plain_p50_ms"] else float("nan")
+        print(f"  total p50 {total:.3f} ms with timestamps, {r['plain_p50_ms']:.3f} ms without "
+              f"({overhead:.2f}x, interleaved); the sum of the step medians is "
+              f"{statistics.fsum(s['p50_ms'] for s in r['phases'].values()):.3f} ms")
