@@ -53,7 +53,7 @@ def test_protocol_matches():
     assert _protocol.MAGIC == lib.NSBOX_REPORT_MAGIC
     assert _lib_constants("NSBOX_REPORT_") == {
         "MAGIC": _protocol.MAGIC, "ERROR": _protocol.ERROR, "STARTED": _protocol.STARTED,
-        "EXITED": _protocol.EXITED,
+        "EXITED": _protocol.EXITED, "TIME": _protocol.TIME,
     }
     assert ffi.sizeof("struct nsbox_report") == _protocol.RECORD_SIZE
     # Field order and types match the struct format "=Iiiiii".
@@ -78,3 +78,14 @@ def test_abi_and_init_constants():
         pytest.skip("csrc/ is not next to the tests (installed package)")
     m = re.search(r"#define\s+INIT_PID1\s+(\d+)", init_c.read_text())
     assert m and int(m.group(1)) == _native.INIT_PID1
+
+
+def test_phases_match():
+    from nsbox._process import PHASES
+
+    c_phases = _lib_constants("NSBOX_PHASE_")
+    count = c_phases.pop("COUNT")
+    # PHASES: "start", the C phases in their order, "reaped".
+    assert [name.lower() for name, _ in sorted(c_phases.items(), key=lambda kv: kv[1])] == \
+        list(PHASES[1:-1])
+    assert sorted(c_phases.values()) == list(range(count))

@@ -71,7 +71,16 @@ def test_bad_magic(magic, rec):
     assert issubclass(ProtocolError, ValueError)
 
 
-@pytest.mark.parametrize("kind", [0, 4, -1, 99])
+def test_time_record_carries_64_bits():
+    for ns in (0, 1, 2**32 - 1, 2**32, 1_700_000_000_123_456_789, 2**64 - 1):
+        hi, lo = ns >> 32, ns & 0xFFFFFFFF
+        to_i32 = lambda x: x - 2**32 if x >= 2**31 else x  # noqa: E731 - as C stores it
+        data = struct.pack("=Iiiiii", MAGIC, 4, 7, 0, to_i32(hi), to_i32(lo))
+        (rec,) = Decoder().feed(data)
+        assert (rec.kind, rec.stage, rec.time_ns) == (4, 7, ns)
+
+
+@pytest.mark.parametrize("kind", [0, 5, -1, 99])
 def test_unknown_kind(kind):
     data = struct.pack("=Iiiiii", MAGIC, kind, 0, 0, 0, 0)
     with pytest.raises(ProtocolError, match="kind"):
