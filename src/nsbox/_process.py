@@ -39,6 +39,8 @@ _PIPE_BUF = 65536
 
 # The phases `timings` reports: "start" (the Sandbox call), then the C
 # core's NSBOX_PHASE_* in order, then "reaped" (init reaped by the caller).
+# "spawned" (the caller resumes after the child's exec) runs alongside
+# nsbox-init's start: it may come after "init" or "exec".
 PHASES = ("start", "clone", "child", "cgroup", "id_map", "mounts", "network", "privileges",
           "exec_init", "spawned", "init", "exec", "exited", "reaped")
 

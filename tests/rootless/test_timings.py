@@ -14,9 +14,10 @@ def test_timings_cover_every_phase_in_order():
     r = nsbox.run(["/bin/true"], timings=True)
     t = r.timings
     assert list(t) == list(PHASES)  # cgroup and the rest are marked even when they do nothing
-    values = list(t.values())
+    # The caller resumes ("spawned") while init starts: those two run side by side.
+    values = [v for k, v in t.items() if k != "spawned"]
     assert values[0] == 0.0 and values == sorted(values)
-    assert t["reaped"] < 5.0
+    assert t["exec_init"] <= t["spawned"] <= t["reaped"] < 5.0
 
 
 def test_no_timings_unless_asked():
