@@ -169,7 +169,7 @@ class Sandbox:
             for fd in child_fds + parent_fds:
                 os.close(fd)
             if self._group is not None:
-                self._group.remove()
+                self._remove_group()
             raise
         for fd in child_fds:
             os.close(fd)
@@ -404,8 +404,16 @@ class Sandbox:
                                             self._cause)
         finally:
             if group is not None:
-                self._group = None
-                group.remove()
+                self._remove_group()
+
+    def _remove_group(self) -> None:
+        """Remove the sandbox's cgroup. It has ended, so a failure to remove
+        is a warning (naming the cgroup left), not an error of the sandbox."""
+        group, self._group = self._group, None
+        try:
+            group.remove()
+        except OSError as exc:
+            warnings.warn(f"nsbox: {exc}", ResourceWarning, stacklevel=3)
 
     def _release(self) -> None:
         for attr in ("_pidfd", "_report_fd", "_command_pidfd"):
