@@ -5,6 +5,7 @@
 """
 
 from ._errors import (
+    CapacityError,
     CommandNotExecutableError,
     CommandNotFoundError,
     ExecError,
@@ -32,6 +33,11 @@ def __getattr__(name: str):
         from ._result import Result
 
         return Result
+    if name in ("open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics"):
+        # trio is imported only by those who use the supervisor.
+        from . import _supervisor
+
+        return getattr(_supervisor, name)
     if name == "Stats":
         from ._stats import Stats
 
@@ -41,6 +47,11 @@ def __getattr__(name: str):
 __all__ = [
     "run",
     "Sandbox",
+    "open_supervisor",
+    "Supervisor",
+    "SupervisedSandbox",
+    "SupervisorStatistics",
+    "CapacityError",
     "Result",
     "Spec",
     "Bind",

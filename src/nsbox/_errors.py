@@ -7,6 +7,7 @@ NsboxError
 ├── SandboxSetupError(NsboxError, OSError)     the child failed before exec: .stage .errno .op
 │   ├── MountError, NetworkSetupError, LimitError, PrivilegeDropError
 │   └── ExecError -> CommandNotFoundError (127), CommandNotExecutableError (126)
+├── CapacityError(NsboxError, RuntimeError)    the supervisor is full: .limit says which
 └── NsboxInternalError                         a broken invariant: a bug in nsbox
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "ExecError",
     "CommandNotFoundError",
     "CommandNotExecutableError",
+    "CapacityError",
     "NsboxInternalError",
 ]
 
@@ -150,6 +152,22 @@ class CommandNotExecutableError(ExecError):
     """The command exists but cannot be executed (exit code 126)."""
 
     exit_code = 126
+
+
+class CapacityError(NsboxError, RuntimeError):
+    """The supervisor cannot start another sandbox now (start(..., wait=False)).
+
+    `.limit` names the limit that is full (e.g. "max_live", "RLIMIT_NOFILE",
+    "pid_max"), `.capacity` how many sandboxes it allows.
+    """
+
+    def __init__(self, message: str, limit: str = "", capacity: int = 0):
+        super().__init__(message)
+        self.limit = limit
+        self.capacity = capacity
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.limit, self.capacity))
 
 
 class NsboxInternalError(NsboxError):

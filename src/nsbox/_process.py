@@ -291,6 +291,18 @@ class Sandbox:
             f"nsbox: the sandbox died during setup (status {info}) without a report",
         )
 
+    def _complete_start(self) -> None:
+        """Finish a lazy start (the report pipe is readable): read STARTED or
+        raise the setup error, the sandbox then killed, reaped and closed."""
+        if not self._start_pending:
+            return
+        self._start_pending = False
+        try:
+            self._wait_started(self._plan)
+        except BaseException:
+            self.close()
+            raise
+
     def _error_for(self, rec: _protocol.Record) -> _errors.SandboxSetupError:
         """The exception for an ERROR record, naming the spec element at fault."""
         plan = self._plan

@@ -1,0 +1,410 @@
+"""The trio supervisor: many sandboxes at once, with structured concurrency.
+
+    async with nsbox.open_supervisor(grace=1.0) as sup:
+        result = await sup.run(["make", "test"], capture_output=True, timeout=60)
+        box = await sup.start(["sleep", "100"])      # returns once the command runs
+        await box.kill()                             # SIGTERM, grace, SIGKILL, reaped
+        box = await nursery.start(sup.run, ["server"])  # owned by a nursery, like trio.run_process
+
+Waiting is by pidfd readiness (trio's epoll), one small watcher task per
+sandbox and no thread; signalling is by pidfd. Leaving the `async with`
+(normally, by an exception or by cancellation) ends every sandbox still
+running: SIGTERM, `grace` seconds, SIGKILL, reaped, fds and cgroups released,
+inside a shielded scope. So does cancelling `run()`.
+
+Starts beyond the machine's capacity (or `max_live`) wait for a slot;
+`start(..., wait=False)` raises nsbox.CapacityError naming the limit.
+
+This is the only module that imports trio.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from . import _errors
+from ._frozen import Frozen
+from ._process import PIPE, Sandbox
+
+__all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
+           "capacity_limits"]
+
+# fds the supervisor holds per sandbox: its pidfd and report pipe (stdio pipes, when asked
+# for, take up to three more: the reserve and the kernel's EMFILE bound those).
+FDS_PER_SANDBOX = 2
+FD_RESERVE = 64
+
+
+class SupervisorStatistics(Frozen):
+    """sup.statistics(): sandboxes `starting`, `live`; totals `exited` and
+    `failed` (setup errors); `pooled` (warm slots, 0 until pools exist);
+    `waiting` (starts queued for capacity); `fds_in_use` by this process;
+    `capacity` and the `limit` that sets it."""
+
+    __slots__ = ("starting", "live", "exited", "failed", "pooled", "waiting", "fds_in_use",
+                 "capacity", "limit")
+    starting: int
+    live: int
+    exited: int
+    failed: int
+    pooled: int
+    waiting: int
+    fds_in_use: int
+    capacity: int
+    limit: str
+
+    def __init__(self, **fields: object):
+        for name in self.__slots__:
+            self._set(name, fields[name])
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def capacity_limits(raise_nofile: bool = True) -> dict[str, int]:
+    """How many more sandboxes each of the machine's limits allows, by name.
+
+    Raises the soft RLIMIT_NOFILE to the hard one first (the supervisor holds
+    a few fds per sandbox). Each sandbox is at least two processes (its init
+    and the command) and one user and one network namespace.
+    """
+    import resource
+
+    out: dict[str, int] = {}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if raise_nofile and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    open_fds = len(os.listdir("/proc/self/fd"))
+    out["RLIMIT_NOFILE"] = max((soft - open_fds - FD_RESERVE) // FDS_PER_SANDBOX, 0)
+    procs = sum(1 for p in os.listdir("/proc") if p.isdigit())
+    for name, path in (("pid_max", "/proc/sys/kernel/pid_max"),
+                       ("threads-max", "/proc/sys/kernel/threads-max")):
+        value = _read_int(path)
+        if value is not None:
+            out[name] = max((value - procs - 256) // 2, 0)
+    for name in ("max_user_namespaces", "max_net_namespaces"):
+        value = _read_int(f"/proc/sys/user/{name}")
+        if value is not None:
+            out[name] = value
+    if os.geteuid() != 0:
+        nproc, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+        if nproc != resource.RLIM_INFINITY:
+            mine = 0
+            uid = os.getuid()
+            for p in os.listdir("/proc"):
+                try:
+                    if p.isdigit() and os.stat(f"/proc/{p}").st_uid == uid:
+                        mine += 1
+                except OSError:
+                    pass
+            out["RLIMIT_NPROC"] = max((nproc - mine - 16) // 2, 0)
+    return out
+
+
+class SupervisedSandbox:
+    """A sandbox under a supervisor (from sup.start): `pid`, `spec`, `returncode`
+    and `reason` once it has ended, trio streams `stdin`/`stdout`/`stderr`
+    when asked for with nsbox.PIPE; `await wait()`, `await kill()`,
+    `send_signal()`, `stats()`. As an async context manager it is killed
+    (with the grace) and reaped on exit, also on cancellation."""
+
+    def __init__(self, sup: Supervisor, box: Sandbox):
+        self._sup = sup
+        self._box = box
+        self.pid = box.pid
+        self.spec = box.spec
+        self.args = box.args
+        self._exited = trio.Event()
+        self._result = None
+        self.stdin = self.stdout = self.stderr = None
+        for name in ("stdin", "stdout", "stderr"):
+            f = getattr(box, name)
+            if f is not None:
+                setattr(box, name, None)
+                raw = f.detach() if hasattr(f, "detach") else f
+                fd = os.dup(raw.fileno())
+                raw.close()
+                setattr(self, name, trio.lowlevel.FdStream(fd))
+
+    @property
+    def returncode(self) -> int | None:
+        return self._box.returncode
+
+    @property
+    def reason(self) -> str | None:
+        return self._box.reason
+
+    def stats(self):
+        return self._box.stats()
+
+    def send_signal(self, sig: int) -> None:
+        self._box.send_signal(sig)
+
+    async def wait(self):
+        """Wait for the sandbox to end; its nsbox.Result (stdout/stderr None)."""
+        await self._exited.wait()
+        return self._result
+
+    async def kill(self, grace: float | None = None) -> None:
+        """End the sandbox: SIGTERM, up to `grace` seconds (the supervisor's
+        by default; 0 for SIGKILL at once), SIGKILL, and wait until reaped."""
+        grace = self._sup.grace if grace is None else grace
+        with trio.CancelScope(shield=True):
+            if self._exited.is_set():
+                return
+            if grace > 0:
+                self._box.send_signal(signal.SIGTERM)
+                with trio.move_on_after(grace):
+                    await self._exited.wait()
+            if not self._exited.is_set():
+                self._box.send_signal(signal.SIGKILL)
+                await self._exited.wait()
+
+    async def aclose(self) -> None:
+        """Kill (with the grace) if it still runs, close the streams."""
+        with trio.CancelScope(shield=True):
+            await self.kill()
+            for s in (self.stdin, self.stdout, self.stderr):
+                if s is not None:
+                    await s.aclose()
+
+    async def __aenter__(self) -> SupervisedSandbox:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<nsbox.SupervisedSandbox pid={self.pid} returncode={self.returncode}>"
+
+    # -- the supervisor's side ---------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Wait for init's exit on its pidfd, reap, release (the watcher task).
+
+        Shielded: a cancelled supervisor ends its sandboxes through _shutdown
+        (SIGTERM, grace, SIGKILL), and each watcher sees its own one end."""
+        with trio.CancelScope(shield=True):
+            await self._watch_unshielded()
+
+    async def _watch_unshielded(self) -> None:
+        box = self._box
+        try:
+            while box.returncode is None:
+                fd = box.pidfd
+                if fd < 0:
+                    break
+                await trio.lowlevel.wait_readable(fd)
+                box.poll()
+        finally:
+            if box.returncode is None:  # cancelled: never leave it running
+                box._kill_and_reap()
+            from ._result import Result
+
+            self._result = Result(box.args, box.returncode, None, None, pid=box.pid,
+                                  reason=box.reason, stats=box.stats(), timings=box.timings)
+            box.close()
+            self._sup._ended(self)
+            self._exited.set()
+
+
+class Supervisor:
+    """Made by open_supervisor(); see the module docstring."""
+
+    def __init__(self, nursery: trio.Nursery, grace: float, max_live: int | None,
+                 launcher=Sandbox):
+        if not (isinstance(grace, (int, float)) and grace >= 0 and math.isfinite(grace)):
+            raise _errors.SpecError(f"grace must be a non-negative number of seconds: {grace!r}")
+        self.grace = float(grace)
+        self._nursery = nursery
+        self._launcher = launcher  # nsbox.Sandbox; tests give a fake with its interface
+        limits = capacity_limits()
+        if max_live is not None:
+            if isinstance(max_live, bool) or not isinstance(max_live, int) or max_live < 1:
+                raise _errors.SpecError(f"max_live must be a positive integer: {max_live!r}")
+            limits["max_live"] = max_live
+        self.limit = min(limits, key=limits.get)
+        self.capacity = max(limits[self.limit], 1 if self.limit == "max_live" else 0)
+        self._slots = trio.Semaphore(self.capacity) if self.capacity else None
+        self._starting = 0
+        self._waiting = 0
+        self._exited_count = 0
+        self._failed = 0
+        self._live: set[SupervisedSandbox] = set()
+        self._closed = False
+
+    # -- starting --------------------------------------------------------------------------
+
+    async def _acquire(self, wait: bool) -> None:
+        if self._slots is None:
+            raise _errors.CapacityError(
+                f"nsbox: no sandbox fits: {self.limit} allows none", self.limit, 0)
+        try:
+            self._slots.acquire_nowait()
+            return
+        except trio.WouldBlock:
+            if not wait:
+                raise _errors.CapacityError(
+                    f"nsbox: the supervisor is full: {self.capacity} sandboxes live, the "
+                    f"limit of {self.limit}", self.limit, self.capacity) from None
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+
+    async def start(self, args: object, *, wait: bool = True, **options: object
+                    ) -> SupervisedSandbox:
+        """Start a sandbox; returns once its command runs. Setup errors raise
+        here (nsbox.SandboxSetupError and its kind). Options as for
+        nsbox.Sandbox (stdin/stdout/stderr=nsbox.PIPE give trio streams)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the supervisor is closed")
+        await self._acquire(wait)
+        self._starting += 1
+        box = None
+        try:
+            # The clone runs on this thread (a vfork: about a millisecond); the
+            # wait for the command to start is on the report pipe.
+            box = self._launcher(args, _lazy_start=True, **options)
+            if box._start_pending:
+                await trio.lowlevel.wait_readable(box._report_fd)
+                box._complete_start()
+        except BaseException:
+            self._starting -= 1
+            self._slots.release()
+            if box is not None:
+                box.close()
+            self._failed += 1
+            raise
+        self._starting -= 1
+        handle = SupervisedSandbox(self, box)
+        self._live.add(handle)
+        self._nursery.start_soon(handle._watch, name=f"nsbox-watch-{box.pid}")
+        return handle
+
+    def _ended(self, handle: SupervisedSandbox) -> None:
+        if handle in self._live:
+            self._live.discard(handle)
+            self._exited_count += 1
+            self._slots.release()
+
+    async def run(self, args: object, *, input: bytes | None = None,
+                  capture_output: bool = False, timeout: float | None = None,
+                  check: bool = False, task_status=trio.TASK_STATUS_IGNORED, **options: object):
+        """Run a sandbox to its end, like subprocess.run: an nsbox.Result.
+
+        On timeout the sandbox is killed at once and subprocess.TimeoutExpired
+        raised; cancellation kills it (SIGTERM, grace, SIGKILL) and reaps it
+        before the Cancelled goes on. `await nursery.start(sup.run, ...)` hands
+        back the SupervisedSandbox once it runs, and the nursery owns it.
+        """
+        if input is not None:
+            if options.get("stdin") is not None:
+                raise ValueError("stdin and input arguments may not both be used.")
+            options["stdin"] = PIPE
+        if capture_output:
+            if options.get("stdout") is not None or options.get("stderr") is not None:
+                raise ValueError("stdout and stderr arguments may not be used with "
+                                 "capture_output.")
+            options["stdout"] = options["stderr"] = PIPE
+        box = await self.start(args, **options)
+        task_status.started(box)
+        chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        timed_out = False
+        try:
+            async with trio.open_nursery() as io:
+                if box.stdin is not None:
+                    io.start_soon(_feed, box.stdin, input or b"")
+                for name in ("stdout", "stderr"):
+                    stream = getattr(box, name)
+                    if stream is not None:
+                        io.start_soon(_drain, stream, chunks[name])
+                with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                    await box.wait()
+                if scope.cancelled_caught:
+                    timed_out = True
+                    box._box._cause = "timeout"
+                    await box.kill(grace=0)
+        except BaseException:
+            await box.aclose()
+            raise
+        await box.aclose()
+        result = await box.wait()
+        out = b"".join(chunks["stdout"]) if box.stdout is not None else None
+        err = b"".join(chunks["stderr"]) if box.stderr is not None else None
+        if timed_out:
+            raise subprocess.TimeoutExpired(box.args, timeout, output=out, stderr=err)
+        result.stdout, result.stderr = out, err
+        if check and result.returncode:
+            raise subprocess.CalledProcessError(result.returncode, box.args, output=out,
+                                                stderr=err)
+        return result
+
+    # -- state -----------------------------------------------------------------------------
+
+    def statistics(self) -> SupervisorStatistics:
+        return SupervisorStatistics(
+            starting=self._starting, live=len(self._live), exited=self._exited_count,
+            failed=self._failed, pooled=0, waiting=self._waiting,
+            fds_in_use=len(os.listdir("/proc/self/fd")), capacity=self.capacity,
+            limit=self.limit)
+
+    async def _shutdown(self) -> None:
+        """Every live sandbox: SIGTERM, grace, SIGKILL, reaped (concurrently)."""
+        self._closed = True
+        async with trio.open_nursery() as n:
+            for handle in list(self._live):
+                n.start_soon(handle.kill)
+
+
+async def _feed(stream, data: bytes) -> None:
+    try:
+        if data:
+            await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def _drain(stream, into: list[bytes]) -> None:
+    try:
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            into.append(chunk)
+    except trio.ClosedResourceError:
+        pass
+
+
+@asynccontextmanager
+async def open_supervisor(*, grace: float = 1.0, max_live: int | None = None,
+                          _launcher=Sandbox) -> AsyncIterator[Supervisor]:
+    """A supervisor for many sandboxes; leaving the block ends all of them.
+
+    grace: seconds between SIGTERM and SIGKILL when a sandbox is ended by
+    kill(), cancellation or the end of the block. max_live: at most this many
+    sandboxes at once (the machine's own limits apply in any case).
+    """
+    async with trio.open_nursery() as nursery:
+        sup = Supervisor(nursery, grace, max_live, _launcher)
+        try:
+            yield sup
+        finally:
+            with trio.CancelScope(shield=True):
+                await sup._shutdown()

@@ -1,0 +1,236 @@
+"""The trio supervisor against the real kernel: run, start, kill escalation,
+cancellation, the end of the block, capacity, streams, many at once, and a
+killed supervisor process. The autouse leak check (tests/conftest.py) fails
+any test that leaves a process, an fd, a mount or a cgroup behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import trio
+
+import nsbox
+
+pytestmark = pytest.mark.usefixtures("userns")
+
+
+def arun(fn, *args):
+    return trio.run(fn, *args)
+
+
+def sleepers(procs, marker: str) -> list[int]:
+    """The `sleep` commands carrying `marker` (not nsbox-init, whose argv holds it too)."""
+    return [p for p in procs.marked(marker) if (procs.cmdline(p) or [b""])[0] == b"sleep"]
+
+
+def test_run_like_subprocess_run():
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            r = await sup.run(["sh", "-c", "cat; echo err >&2; exit 3"], input=b"hello",
+                              capture_output=True)
+            assert (r.returncode, r.stdout, r.stderr, r.reason) == (3, b"hello", b"err\n",
+                                                                    "exited")
+            assert r.stats.wall_time > 0 and r.pid > 0
+            with pytest.raises(subprocess.CalledProcessError):
+                await sup.run(["false"], check=True)
+            with pytest.raises(subprocess.TimeoutExpired) as info:
+                await sup.run(["sh", "-c", "echo partial; exec sleep 30"], timeout=0.5,
+                              capture_output=True)
+            assert info.value.stdout == b"partial\n"
+            st = sup.statistics()
+            assert (st.live, st.starting, st.exited, st.failed) == (0, 0, 3, 0)
+
+    arun(main)
+
+
+def test_setup_errors_raise_in_start():
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            with pytest.raises(nsbox.CommandNotFoundError):
+                await sup.start(["/nonexistent/command"])
+            with pytest.raises(nsbox.SpecError):
+                await sup.start(["true"], hostname="bad_name")
+            st = sup.statistics()
+            assert st.failed == 2 and st.live == 0
+
+    arun(main)
+
+
+def test_start_returns_when_running_and_kill_escalates():
+    async def main():
+        async with nsbox.open_supervisor(grace=0.3) as sup:
+            box = await sup.start(["sleep", "60"])
+            assert box.returncode is None and sup.statistics().live == 1
+            assert box.stats().pids == 2  # init and sleep
+            await box.kill()
+            assert (box.returncode, box.reason) == (-signal.SIGTERM, "killed")
+            stubborn = await sup.start(["sh", "-c", "trap '' TERM; echo ready; sleep 60"],
+                                       stdout=nsbox.PIPE)
+            assert await stubborn.stdout.receive_some(10) == b"ready\n"  # the trap is set
+            t = trio.current_time()
+            await stubborn.kill()
+            assert stubborn.returncode == -signal.SIGKILL
+            assert trio.current_time() - t >= 0.3
+            result = await stubborn.wait()
+            assert result.returncode == -signal.SIGKILL and result.reason == "killed"
+            await stubborn.aclose()
+
+    arun(main)
+
+
+def test_cancelled_run_kills_and_reaps(procs, sleep_marker):
+    async def main():
+        async with nsbox.open_supervisor(grace=0.2) as sup:
+            with trio.move_on_after(0.5) as scope:
+                await sup.run(["sleep", sleep_marker])
+            assert scope.cancelled_caught
+            assert sup.statistics().live == 0
+        assert procs.marked(sleep_marker) == []
+
+    arun(main)
+
+
+def test_leaving_the_block_ends_every_sandbox(procs, sleep_marker):
+    boxes = []
+
+    async def main():
+        async with nsbox.open_supervisor(grace=0.2) as sup:
+            for _ in range(10):
+                boxes.append(await sup.start(["sleep", sleep_marker]))
+            assert len(sleepers(procs, sleep_marker)) == 10
+
+    arun(main)
+    assert [b.returncode for b in boxes] == [-signal.SIGTERM] * 10
+    assert procs.marked(sleep_marker) == []
+
+
+def test_an_exception_in_the_block_still_ends_them(procs, sleep_marker):
+    async def main():
+        async with nsbox.open_supervisor(grace=0.2) as sup:
+            await sup.start(["sleep", sleep_marker])
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        arun(main)
+    assert procs.marked(sleep_marker) == []
+
+
+def test_a_nursery_owns_what_it_started(procs, sleep_marker):
+    async def main():
+        async with nsbox.open_supervisor(grace=0.2) as sup:
+            async with trio.open_nursery() as nursery:
+                box = await nursery.start(sup.run, ["sleep", sleep_marker])
+                assert box.returncode is None
+                nursery.cancel_scope.cancel()
+            assert box.returncode is not None
+            assert procs.marked(sleep_marker) == []
+
+    arun(main)
+
+
+def test_cancel_a_nursery_holding_many(procs, sleep_marker):
+    async def main():
+        async with nsbox.open_supervisor(grace=0.5) as sup:
+            with trio.move_on_after(30) as scope:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(100):
+                        await nursery.start(sup.run, ["sleep", sleep_marker])
+                    assert sup.statistics().live == 100
+                    nursery.cancel_scope.cancel()
+            assert not scope.cancelled_caught
+            assert sup.statistics().live == 0
+
+    arun(main)
+    assert procs.marked(sleep_marker) == []
+
+
+def test_capacity_queues_or_raises():
+    async def main():
+        async with nsbox.open_supervisor(max_live=2, grace=0) as sup:
+            assert (sup.capacity, sup.limit) == (2, "max_live")
+            a = await sup.start(["sleep", "60"])
+            await sup.start(["sleep", "60"])
+            with pytest.raises(nsbox.CapacityError) as info:
+                await sup.start(["true"], wait=False)
+            assert info.value.limit == "max_live" and info.value.capacity == 2
+            async with trio.open_nursery() as n:
+                n.start_soon(sup.run, ["true"])
+                await trio.sleep(0.2)
+                assert sup.statistics().waiting == 1  # queued, not failed
+                await a.kill()
+            assert sup.statistics().waiting == 0 and sup.statistics().exited == 2
+
+    arun(main)
+
+
+def test_streams():
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            box = await sup.start(["sh", "-c", "read x; echo got $x"], stdin=nsbox.PIPE,
+                                  stdout=nsbox.PIPE)
+            async with box:
+                await box.stdin.send_all(b"ping\n")
+                data = b""
+                while not data.endswith(b"\n"):
+                    data += await box.stdout.receive_some(100)
+                assert data == b"got ping\n"
+                assert (await box.wait()).returncode == 0
+
+    arun(main)
+
+
+def test_many_at_once():
+    async def main():
+        results = []
+        async with nsbox.open_supervisor() as sup:
+            async with trio.open_nursery() as n:
+                for i in range(200):
+                    async def one(i=i):
+                        results.append(await sup.run(["sh", "-c", f"exit {i % 7}"]))
+                    n.start_soon(one)
+            assert sup.statistics().exited == 200
+        assert sorted(r.returncode for r in results) == sorted(i % 7 for i in range(200))
+
+    arun(main)
+
+
+def test_bad_settings_are_spec_errors():
+    async def main(**kw):
+        async with nsbox.open_supervisor(**kw):
+            pass
+
+    for kw in ({"grace": -1}, {"grace": float("nan")}, {"max_live": 0}, {"max_live": 1.5}):
+        with pytest.raises(nsbox.SpecError):
+            trio.run(lambda kw=kw: main(**kw))
+
+
+KILLED = textwrap.dedent("""
+    import sys, trio, nsbox
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            for _ in range(20):
+                await sup.start(["sleep", sys.argv[1]])
+            print("ready", flush=True)
+            await trio.sleep(60)
+    trio.run(main)
+""")
+
+
+def test_a_killed_supervisor_process_takes_its_sandboxes(procs, sleep_marker):
+    p = subprocess.Popen([sys.executable, "-c", KILLED, sleep_marker], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        assert len(sleepers(procs, sleep_marker)) == 20
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    t = time.monotonic()
+    assert procs.wait_gone(sleep_marker, timeout=2.0) == []
+    assert time.monotonic() - t < 2.0
