@@ -7,7 +7,8 @@
         box = await nursery.start(sup.run, ["server"])  # owned by a nursery, like trio.run_process
 
 Waiting is by pidfd readiness (trio's epoll), one small watcher task per
-sandbox and no thread; signalling is by pidfd. Leaving the `async with`
+sandbox and no thread per sandbox; signalling is by pidfd. The clone itself
+runs in one of a few worker threads (one per CPU). Leaving the `async with`
 (normally, by an exception or by cancellation) ends every sandbox still
 running: SIGTERM, `grace` seconds, SIGKILL, reaped, fds and cgroups released,
 inside a shielded scope. So does cancelling `run()`.
@@ -224,7 +225,7 @@ class SupervisedSandbox:
 class Supervisor:
     """Made by open_supervisor(); see the module docstring."""
 
-    def __init__(self, nursery: trio.Nursery, grace: float, max_live: int | None,
+    def __init__(self, nursery: trio.Nursery | None, grace: float, max_live: int | None,
                  launcher=Sandbox):
         if not (isinstance(grace, (int, float)) and grace >= 0 and math.isfinite(grace)):
             raise _errors.SpecError(f"grace must be a non-negative number of seconds: {grace!r}")
@@ -239,6 +240,8 @@ class Supervisor:
         self.limit = min(limits, key=limits.get)
         self.capacity = max(limits[self.limit], 1 if self.limit == "max_live" else 0)
         self._slots = trio.Semaphore(self.capacity) if self.capacity else None
+        # Threads that clone at once: one per CPU (each clone is CPU-bound work).
+        self._spawners = trio.CapacityLimiter(max(len(os.sched_getaffinity(0)), 1))
         self._starting = 0
         self._waiting = 0
         self._exited_count = 0
@@ -275,11 +278,20 @@ class Supervisor:
             raise trio.ClosedResourceError("the supervisor is closed")
         await self._acquire(wait)
         self._starting += 1
+        made: list = []  # the thread's result, kept even if we are cancelled meanwhile
         box = None
+
+        def spawn():
+            made.append(self._launcher(args, _lazy_start=True, **options))
+
         try:
-            # The clone runs on this thread (a vfork: about a millisecond); the
-            # wait for the command to start is on the report pipe.
-            box = self._launcher(args, _lazy_start=True, **options)
+            # The clone (a vfork, about a millisecond with the namespaces) runs
+            # in a worker thread, so the event loop goes on and starts use
+            # every CPU; the wait for the command to start is on the report pipe.
+            try:
+                await trio.to_thread.run_sync(spawn, limiter=self._spawners)
+            finally:
+                box = made[0] if made else None
             if box._start_pending:
                 await trio.lowlevel.wait_readable(box._report_fd)
                 box._complete_start()
@@ -401,10 +413,18 @@ async def open_supervisor(*, grace: float = 1.0, max_live: int | None = None,
     kill(), cancellation or the end of the block. max_live: at most this many
     sandboxes at once (the machine's own limits apply in any case).
     """
+    sup = Supervisor(None, grace, max_live, _launcher)  # bad settings raise here, unwrapped
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        sup = Supervisor(nursery, grace, max_live, _launcher)
+        sup._nursery = nursery
         try:
             yield sup
+        except BaseException as exc:
+            # Raised again below, outside the nursery: the caller gets its own
+            # exception, not one wrapped in an ExceptionGroup by the watchers' nursery.
+            body_error = exc
         finally:
             with trio.CancelScope(shield=True):
                 await sup._shutdown()
+    if body_error is not None:
+        raise body_error

@@ -26,7 +26,9 @@ def plot(report: dict, path: str) -> None:
             for label, points in results["throughput"]["points"].items():
                 levels = [int(c) for c in points]
                 ax.plot(levels, [p["nsbox"]["per_s"] for p in points.values()], "o-",
-                        label=f"nsbox [{label}]")
+                        label=f"nsbox, threads [{label}]")
+                ax.plot(levels, [p["supervisor"]["per_s"] for p in points.values()], "^-",
+                        label=f"nsbox, trio supervisor [{label}]")
                 floor = [p["floor"]["per_s"] if p["floor"] else None for p in points.values()]
                 if all(floor):
                     ax.plot(levels, floor, "s--", label=f"C floor [{label}]")
