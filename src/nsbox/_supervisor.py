@@ -240,8 +240,9 @@ class Supervisor:
         self.limit = min(limits, key=limits.get)
         self.capacity = max(limits[self.limit], 1 if self.limit == "max_live" else 0)
         self._slots = trio.Semaphore(self.capacity) if self.capacity else None
-        # Threads that clone at once: one per CPU (each clone is CPU-bound work).
-        self._spawners = trio.CapacityLimiter(max(len(os.sched_getaffinity(0)), 1))
+        # Threads that start sandboxes at once: two per CPU (a start is a clone,
+        # CPU-bound, then a short wait for init's report).
+        self._spawners = trio.CapacityLimiter(2 * max(len(os.sched_getaffinity(0)), 1))
         self._starting = 0
         self._waiting = 0
         self._exited_count = 0
@@ -283,18 +284,17 @@ class Supervisor:
 
         def spawn():
             made.append(self._launcher(args, _lazy_start=True, **options))
+            made[0]._complete_start()
 
         try:
-            # The clone (a vfork, about a millisecond with the namespaces) runs
-            # in a worker thread, so the event loop goes on and starts use
-            # every CPU; the wait for the command to start is on the report pipe.
+            # The clone (a vfork, about a millisecond with the namespaces) and
+            # the wait for the command to start (init's report, a fraction of
+            # a millisecond later) run in a worker thread: the event loop goes
+            # on, and starts use every CPU.
             try:
                 await trio.to_thread.run_sync(spawn, limiter=self._spawners)
             finally:
                 box = made[0] if made else None
-            if box._start_pending:
-                await trio.lowlevel.wait_readable(box._report_fd)
-                box._complete_start()
         except BaseException:
             self._starting -= 1
             self._slots.release()

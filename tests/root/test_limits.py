@@ -146,8 +146,10 @@ def test_sandbox_sees_its_cgroup_as_root_and_the_host_sees_it_in_ours():
         assert group is not None
         assert all(os.path.basename(d) in host_view for d in group.dirs)
         assert box.pid in group.pids()
-        live = box.stats()
-        assert live.pids == 2 and live.memory > 0
+        deadline = time.monotonic() + 5
+        while (live := box.stats()).pids != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # cat may not have exited yet
+        assert live.pids == 2 and live.memory > 0  # init and sleep
         box.kill()
         box.wait()
     assert inside.rstrip().endswith(":/"), inside

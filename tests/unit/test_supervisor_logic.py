@@ -76,6 +76,9 @@ class FakeBox:
             self._r = self._w = -1
         return self.returncode
 
+    def _complete_start(self):
+        pass  # a fake starts at once
+
     def _kill_and_reap(self):
         self.send_signal(signal.SIGKILL)
         self.poll()
