@@ -24,7 +24,9 @@ def _restore(cls, values):
 
 
 class Frozen:
-    __slots__ = ()
+    # The hash, computed once: values are immutable, and a Spec or Plan is
+    # hashed on every spawn (the plan cache, the packed-struct cache).
+    __slots__ = ("_hash",)
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)
@@ -44,7 +46,12 @@ class Frozen:
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((self.__class__.__name__, *self._values()))
+        try:
+            return self._hash
+        except AttributeError:
+            h = hash((self.__class__.__name__, *self._values()))
+            object.__setattr__(self, "_hash", h)
+            return h
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
