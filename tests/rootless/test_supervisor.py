@@ -234,3 +234,30 @@ def test_a_killed_supervisor_process_takes_its_sandboxes(procs, sleep_marker):
     t = time.monotonic()
     assert procs.wait_gone(sleep_marker, timeout=2.0) == []
     assert time.monotonic() - t < 2.0
+
+
+def test_bounded_stress_two_thousand_at_once(procs, sleep_marker):
+    """2,000 sandboxes live at once under one supervisor, then all ended by
+    leaving the block: nothing left (the autouse check covers fds too)."""
+    async def main():
+        async with nsbox.open_supervisor(grace=1.0) as sup:
+            need = 2000
+            if sup.capacity < need:
+                pytest.skip(f"capacity here is {sup.capacity} ({sup.limit})")
+            limiter = trio.CapacityLimiter(64)
+
+            async def one():
+                async with limiter:
+                    await sup.start(["sleep", sleep_marker])
+
+            with trio.fail_after(120):
+                async with trio.open_nursery() as n:
+                    for _ in range(need):
+                        n.start_soon(one)
+            st = sup.statistics()
+            assert (st.live, st.failed, st.starting) == (need, 0, 0)
+
+    t = time.monotonic()
+    arun(main)
+    assert time.monotonic() - t < 120
+    assert procs.wait_gone(sleep_marker, timeout=10) == []
