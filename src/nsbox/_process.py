@@ -674,6 +674,18 @@ class Sandbox:
         return f"<nsbox.Sandbox pid={self.pid} returncode={self.returncode} args={self.args!r}>"
 
 
+def run_stdio(options: dict, input: object, capture_output: bool) -> None:
+    """subprocess.run's input= and capture_output= as stdio options (in place)."""
+    if input is not None:
+        if options.get("stdin") is not None:
+            raise ValueError("stdin and input arguments may not both be used.")
+        options["stdin"] = PIPE
+    if capture_output:
+        if options.get("stdout") is not None or options.get("stderr") is not None:
+            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
+        options["stdout"] = options["stderr"] = PIPE
+
+
 def run(
     args: object,
     *,
@@ -693,14 +705,7 @@ def run(
 
     from ._result import Result
 
-    if input is not None:
-        if kwargs.get("stdin") is not None:
-            raise ValueError("stdin and input arguments may not both be used.")
-        kwargs["stdin"] = PIPE
-    if capture_output:
-        if kwargs.get("stdout") is not None or kwargs.get("stderr") is not None:
-            raise ValueError("stdout and stderr arguments may not be used with capture_output.")
-        kwargs["stdout"] = kwargs["stderr"] = PIPE
+    run_stdio(kwargs, input, capture_output)
     with Sandbox(args, _lazy_start=True, **kwargs) as box:
         try:
             stdout, stderr = box.communicate(input, timeout=timeout)

@@ -32,7 +32,7 @@ import trio
 
 from . import _errors
 from ._frozen import Frozen
-from ._process import PIPE, Sandbox
+from ._process import Sandbox, run_stdio
 
 __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
            "capacity_limits"]
@@ -324,15 +324,7 @@ class Supervisor:
         before the Cancelled goes on. `await nursery.start(sup.run, ...)` hands
         back the SupervisedSandbox once it runs, and the nursery owns it.
         """
-        if input is not None:
-            if options.get("stdin") is not None:
-                raise ValueError("stdin and input arguments may not both be used.")
-            options["stdin"] = PIPE
-        if capture_output:
-            if options.get("stdout") is not None or options.get("stderr") is not None:
-                raise ValueError("stdout and stderr arguments may not be used with "
-                                 "capture_output.")
-            options["stdout"] = options["stderr"] = PIPE
+        run_stdio(options, input, capture_output)
         box = await self.start(args, **options)
         task_status.started(box)
         chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
