@@ -7,6 +7,11 @@
  * -1 for unlimited), applied to the command alone: init itself needs a few
  * fds more than a tiny RLIMIT_NOFILE would leave it.
  *
+ * With INIT_PARKED in FLAGS, CMD is the number of a SOCK_SEQPACKET socket: the
+ * sandbox is a warm-pool slot, set up and waiting. One message on it brings the
+ * per-run parts (see park) and the command starts as usual; EOF or a signal
+ * ends the slot unused.
+ *
  * CGROUP is "-" or NAME,ESCAPE_FD:PARENT_FD,... for a sandbox with a cgroup
  * (one pair per hierarchy): if the caller dies, nobody is left to remove the
  * cgroup, so init does: it kills and reaps every process of the sandbox,
@@ -27,6 +32,7 @@
 
 #define INIT_PID1 1  /* we are pid 1 of a new pid namespace */
 #define INIT_TIMES 2 /* report phase timestamps as TIME records */
+#define INIT_PARKED 4 /* a warm-pool slot: wait for the command on a socket (see park) */
 
 static const int forwarded[] = {RT_SIGTERM, RT_SIGINT,  RT_SIGHUP,   RT_SIGQUIT,
                                 RT_SIGUSR1, RT_SIGUSR2, RT_SIGWINCH, RT_SIGCONT};
@@ -246,6 +252,127 @@ static __attribute__((noreturn)) void caller_gone(long flags, long pid)
     rt_exit(128 + RT_SIGKILL);
 }
 
+/*
+ * A parked slot's request, one SOCK_SEQPACKET message:
+ *   uint32 nargs, nenv, flags, cwdlen; cwd (cwdlen bytes, NUL-terminated);
+ *   nargs then nenv NUL-terminated strings.
+ * flags bits 0-2: an fd for stdin/stdout/stderr comes with it (SCM_RIGHTS, in
+ * that order); bit 3: cwd is required (else / when it is missing).
+ */
+#define PARK_CWD_REQUIRED 8
+#define PARK_MAX_STRINGS 4096
+static char park_buf[256 * 1024];
+static char *park_argv[PARK_MAX_STRINGS + 1];
+static char *park_envp[PARK_MAX_STRINGS + 1];
+
+static uint32_t get_u32(const char *p)
+{
+    uint32_t v;
+    rt_copy((char *)&v, p, sizeof v);
+    return v;
+}
+
+/* Point out[0..n) at n NUL-terminated strings from *p (below end); 0 or -1. */
+static int take_strings(char **p, const char *end, char **out, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        out[i] = *p;
+        while (*p < end && **p)
+            (*p)++;
+        if (*p >= end)
+            return -1;
+        (*p)++;
+    }
+    out[n] = NULL;
+    return 0;
+}
+
+/* Wait for the request of a parked slot; returns the command's argv. */
+static char **park(int ctrl, int parent, int sfd, long flags)
+{
+    struct rt_pollfd fds[3] = {{.fd = ctrl, .events = RT_POLLIN, .revents = 0},
+                               {.fd = sfd, .events = RT_POLLIN, .revents = 0},
+                               {.fd = parent, .events = RT_POLLIN, .revents = 0}};
+    for (;;) {
+        long n = rt_ppoll(fds, parent >= 0 ? 3 : 2, 0);
+        if (n == -RT_EINTR)
+            continue;
+        if (n < 0)
+            rt_exit(NSBOX_EXIT_SETUP);
+        if (parent >= 0 && fds[2].revents)
+            caller_gone(flags, -1);
+        if (fds[1].revents) {
+            struct rt_siginfo si;
+            if (rt_read(sfd, &si, sizeof si) == (long)sizeof si && si.signo != RT_SIGCHLD)
+                rt_exit(128 + (int)si.signo); /* the slot was ended unused */
+            continue;
+        }
+        if (fds[0].revents)
+            break;
+    }
+    union {
+        struct rt_cmsghdr h;
+        char space[sizeof(struct rt_cmsghdr) + 3 * sizeof(int) + 8];
+    } control;
+    struct rt_iovec iov = {.base = park_buf, .len = sizeof park_buf};
+    struct rt_msghdr msg = {.name = NULL, .namelen = 0, .iov = &iov, .iovlen = 1,
+                            .control = &control, .controllen = sizeof control, .flags = 0};
+    long n = rt_recvmsg(ctrl, &msg, RT_MSG_CMSG_CLOEXEC);
+    if (n <= 0)
+        rt_exit(0); /* the pool let the slot go */
+    int got[3] = {-1, -1, -1}, ngot = 0;
+    if (msg.controllen >= sizeof control.h && control.h.level == RT_SOL_SOCKET &&
+        control.h.type == RT_SCM_RIGHTS) {
+        ngot = (int)((control.h.len - sizeof control.h) / sizeof(int));
+        for (int i = 0; i < ngot && i < 3; i++)
+            rt_copy((char *)&got[i], control.space + sizeof control.h + i * sizeof(int),
+                    sizeof(int));
+    }
+    if (n < 16)
+        rt_exit(NSBOX_EXIT_SETUP);
+    uint32_t nargs = get_u32(park_buf), nenv = get_u32(park_buf + 4);
+    uint32_t pflags = get_u32(park_buf + 8), cwdlen = get_u32(park_buf + 12);
+    const char *end = park_buf + n;
+    char *p = park_buf + 16;
+    if (nargs < 1 || nargs > PARK_MAX_STRINGS || nenv > PARK_MAX_STRINGS ||
+        cwdlen > (uint32_t)(end - p) || (cwdlen && p[cwdlen - 1]))
+        rt_exit(NSBOX_EXIT_SETUP);
+    const char *cwd = cwdlen > 1 ? p : NULL;
+    p += cwdlen;
+    if (take_strings(&p, end, park_argv, nargs) < 0 ||
+        take_strings(&p, end, park_envp, nenv) < 0)
+        rt_exit(NSBOX_EXIT_SETUP);
+    /* stdio: the fds that came, in order, onto 0, 1, 2. */
+    for (int i = 0, k = 0; i < 3; i++) {
+        if (!(pflags & (1u << i)))
+            continue;
+        if (k >= ngot)
+            rt_exit(NSBOX_EXIT_SETUP);
+        if (got[k] == i ? rt_fcntl(i, RT_F_SETFD, 0) < 0 : rt_dup3(got[k], i, 0) < 0)
+            rt_exit(NSBOX_EXIT_SETUP);
+        k++;
+    }
+    for (int k = 0; k < ngot && k < 3; k++) {
+        int used = 0;
+        for (int i = 0; i < 3; i++)
+            used |= got[k] == i;
+        if (!used)
+            rt_close(got[k]);
+    }
+    if (cwd) {
+        long rc = rt_chdir(cwd);
+        if (rc < 0 && (pflags & PARK_CWD_REQUIRED)) {
+            report(NSBOX_REPORT_ERROR, NSBOX_STAGE_CHDIR, (int)-rc, 0, 0);
+            rt_exit(NSBOX_EXIT_SETUP);
+        }
+        if (rc < 0)
+            rt_chdir("/");
+    }
+    rt_close(ctrl);
+    environ_ = park_envp;
+    return park_argv;
+}
+
 static __attribute__((noreturn)) void init_main(int argc, char **argv)
 {
     if (argc < 10 || !rt_streq(argv[8], "--"))
@@ -288,6 +415,11 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     }
     if (!(flags & INIT_PID1))
         rt_prctl(RT_PR_SET_CHILD_SUBREAPER, 1);
+    if (flags & INIT_PARKED) {
+        int ctrl = (int)parse_int(cmd[0]);
+        rt_fcntl(ctrl, RT_F_SETFD, RT_FD_CLOEXEC);
+        cmd = park(ctrl, parent, sfd, flags);
+    }
 
     /* The child shares our memory until it execs (vfork): it leaves its
      * outcome in these. */

@@ -57,6 +57,29 @@ struct rt_pollfd {
     short revents;
 };
 
+/* recvmsg(2) with SCM_RIGHTS: the kernel's struct user_msghdr and cmsghdr. */
+struct rt_iovec {
+    void *base;
+    size_t len;
+};
+struct rt_msghdr {
+    void *name;
+    int namelen;
+    struct rt_iovec *iov;
+    size_t iovlen;
+    void *control;
+    size_t controllen;
+    unsigned int flags;
+};
+struct rt_cmsghdr {
+    size_t len;
+    int level;
+    int type;
+};
+#define RT_SOL_SOCKET 1
+#define RT_SCM_RIGHTS 1
+#define RT_MSG_CMSG_CLOEXEC 0x40000000
+
 #define RT_CLOCK_MONOTONIC 1
 struct rt_timespec {
     int64_t sec;
@@ -183,6 +206,18 @@ static inline long rt_rmdirat(int dirfd, const char *name)
 static inline long rt_clock_gettime(int clock, struct rt_timespec *ts)
 {
     return RT_SYS(__NR_clock_gettime, clock, ts, 0, 0, 0, 0);
+}
+static inline long rt_recvmsg(int fd, struct rt_msghdr *msg, int flags)
+{
+    return RT_SYS(__NR_recvmsg, fd, msg, flags, 0, 0, 0);
+}
+static inline long rt_dup3(int oldfd, int newfd, int flags)
+{
+    return RT_SYS(__NR_dup3, oldfd, newfd, flags, 0, 0, 0);
+}
+static inline long rt_chdir(const char *path)
+{
+    return RT_SYS(__NR_chdir, path, 0, 0, 0, 0, 0);
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {
@@ -332,6 +367,18 @@ static inline long rt_rmdirat(int dirfd, const char *name)
 static inline long rt_clock_gettime(int clock, struct rt_timespec *ts)
 {
     return rt_ret((int)syscall(SYS_clock_gettime, clock, ts));
+}
+static inline long rt_recvmsg(int fd, struct rt_msghdr *msg, int flags)
+{
+    return rt_ret(syscall(SYS_recvmsg, fd, msg, flags));
+}
+static inline long rt_dup3(int oldfd, int newfd, int flags)
+{
+    return rt_ret(syscall(SYS_dup3, oldfd, newfd, flags));
+}
+static inline long rt_chdir(const char *path)
+{
+    return rt_ret(chdir(path));
 }
 static inline __attribute__((noreturn)) void rt_exit(int code)
 {

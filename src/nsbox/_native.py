@@ -26,6 +26,7 @@ lib = _nsbox_cffi.lib
 INIT_PATH = os.path.join(os.path.dirname(_nsbox_cffi.__file__), "nsbox-init")
 INIT_PID1 = 1
 INIT_TIMES = 2
+INIT_PARKED = 4
 
 _lock = _thread.allocate_lock()
 _cache: dict[str, int] = {}
@@ -151,12 +152,15 @@ def spawn(
     debug_fail: tuple[int, int] | None = None,
     cgroup: object = None,
     timings: list | None = None,
+    park_fd: int = -1,
 ) -> tuple[int, int]:
     """Start the sandbox described by `plan`; returns (pid, pidfd) of its init.
 
     `cgroup` is the sandbox's _cgroup.Group, if it has one. With a list as
     `timings`, the phase timestamps of the spawn (ns, CLOCK_MONOTONIC, 0 for
-    a phase that did not run) are appended to it. Raises
+    a phase that did not run) are appended to it. With `park_fd`, the
+    sandbox is a warm-pool slot: nsbox-init waits for its command on that
+    socket (see Sandbox._unpark). Raises
     UnsupportedError/SpawnError when the clone itself fails. Failures after
     the clone arrive as records on the report pipe.
     """
@@ -165,7 +169,7 @@ def spawn(
     keep: list = [packed]
     fail_stage, fail_errno = debug_fail or (-1, 0)
     init_flags = (INIT_PID1 if "pid" in plan.namespaces else 0) | \
-        (INIT_TIMES if timings is not None else 0)
+        (INIT_TIMES if timings is not None else 0) | (INIT_PARKED if park_fd >= 0 else 0)
     cgroup_arg, cgroup_fds = cgroup.init_arg() if cgroup is not None else (b"-", [])
     init_argv = [
         b"nsbox-init",
@@ -177,7 +181,9 @@ def spawn(
         packed.rlimits,
         cgroup_arg,
         b"--",
-        *packed.argv,
+        # (A parked slot: the socket's fd, then its placeholder args, which
+        # name it in ps.)
+        *(packed.argv if park_fd < 0 else [b"%d" % park_fd, *packed.argv]),
     ]
     spec = ffi.new("struct nsbox_spec *")
     keep.append(spec)
@@ -190,7 +196,7 @@ def spawn(
     spec.parent_pidfd = self_pidfd
     spec.stdio = list(stdio)
     keep_fds = [*plan.pass_fds, report_fd, *([self_pidfd] if self_pidfd >= 0 else []),
-                *cgroup_fds]
+                *cgroup_fds, *([park_fd] if park_fd >= 0 else [])]
     keep_arr = ffi.new("int32_t[]", keep_fds)
     keep.append(keep_arr)
     spec.keep_fds = keep_arr

@@ -105,6 +105,7 @@ class Sandbox:
         timings: bool = False,
         _debug_fail: tuple[str, int] | None = None,
         _lazy_start: bool = False,
+        _park: bool = False,
         **options: object,
     ):
         self.returncode: int | None = None
@@ -144,6 +145,11 @@ class Sandbox:
             debug = (_errors.STAGE_NUMBERS[stage], err)
 
         plan = plan_for(spec)
+        # What error messages name: the command and the cwd (a parked slot's
+        # are those of the request that runs in it, see _unpark).
+        self._argv0, self._cwd_shown = plan.argv[0], plan.cwd
+        self._park_sock = None
+        self._bufsize = bufsize
         child_fds: list[int] = []  # our copies of the child's ends, closed after spawn
         parent_fds: list[int] = []  # our ends, closed on failure
         try:
@@ -157,17 +163,28 @@ class Sandbox:
 
                 self._group = _cgroup.create(plan.limits)
             self._started_at = time.monotonic()
+            park_fd = -1
+            if _park:
+                import socket
+
+                mine, theirs = socket.socketpair(socket.AF_UNIX,
+                                                 socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+                self._park_sock = mine
+                park_fd = theirs.detach()
+                child_fds.append(park_fd)
             stamps: list[int] | None = [] if timings else None
             try:
                 self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
                                                       debug_fail=debug, cgroup=self._group,
-                                                      timings=stamps)
+                                                      timings=stamps, park_fd=park_fd)
             finally:
                 if stamps:
                     self._phase_ns.update((i, ns) for i, ns in enumerate(stamps) if ns)
         except BaseException:
             for fd in child_fds + parent_fds:
                 os.close(fd)
+            if self._park_sock is not None:
+                self._park_sock.close()
             if self._group is not None:
                 self._remove_group()
             raise
@@ -183,7 +200,7 @@ class Sandbox:
         # run() need not wait for the command to start: the STARTED (or ERROR)
         # record is read with the exit status, one wake-up fewer. Without a pid
         # namespace the command's pid is needed early (see kill), so not then.
-        self._start_pending = _lazy_start and "pid" in plan.namespaces
+        self._start_pending = (_lazy_start and "pid" in plan.namespaces) or _park
         try:
             if not self._start_pending:
                 self._wait_started(plan)
@@ -291,6 +308,49 @@ class Sandbox:
             f"nsbox: the sandbox died during setup (status {info}) without a report",
         )
 
+    def _unpark(self, args: tuple[str, ...], env: tuple[tuple[str, str], ...], cwd: str | None,
+                cwd_required: bool, stdin: object = None, stdout: object = None,
+                stderr: object = None) -> None:
+        """Run a command in this parked warm-pool slot: send the per-run parts
+        (argv, environment, cwd, stdio fds) to its init; then _complete_start.
+        OSError (a slot that died meanwhile) leaves the slot to be discarded."""
+        import socket
+        import struct
+
+        child_fds: list[int] = []
+        parent_fds: list[int] = []
+        try:
+            stdio, parents = self._stdio(stdin, stdout, stderr, child_fds, parent_fds)
+            flags = sum(1 << i for i, fd in enumerate(stdio) if fd >= 0)
+            flags |= 8 if cwd_required else 0
+            cwdb = os.fsencode(cwd) + b"\0" if cwd else b""
+            blob = b"".join([
+                struct.pack("=IIII", len(args), len(env), flags, len(cwdb)), cwdb,
+                *(os.fsencode(a) + b"\0" for a in args),
+                *(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env),
+            ])
+            socket.send_fds(self._park_sock, [blob], [fd for fd in stdio if fd >= 0])
+        except BaseException:
+            for fd in parent_fds:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+            self._park_sock.close()
+            self._park_sock = None
+        self.args = list(args)
+        self._argv0 = args[0]
+        self._cwd_shown = cwd
+        self._stdio_fds = stdio
+        try:
+            self._open_streams(parents, self._bufsize)
+        except BaseException:
+            for fd in parents:
+                if fd >= 0:
+                    os.close(fd)
+            raise
+
     def _complete_start(self) -> None:
         """Finish a lazy start (the report pipe is readable): read STARTED or
         raise the setup error, the sandbox then killed, reaped and closed."""
@@ -311,7 +371,7 @@ class Sandbox:
             # The spec's own Bind/Tmpfs, or the description of a default mount.
             op = plan.mounts[rec.index].origin
         elif rec.stage == _errors.STAGE_NUMBERS["chdir"]:
-            op = f"cwd {plan.cwd}"
+            op = f"cwd {self._cwd_shown}"
         elif rec.stage == _errors.STAGE_NUMBERS["hostname"]:
             op = f"hostname {plan.hostname}"
         elif rec.stage == _errors.STAGE_NUMBERS["root"]:
@@ -337,7 +397,7 @@ class Sandbox:
                 op = f"pass_fds fd {plan.pass_fds[rec.index - 4]}"
             else:
                 op = "stdio and pass_fds"
-        return _errors.setup_error(rec.stage, rec.err, op, command=plan.argv[0])
+        return _errors.setup_error(rec.stage, rec.err, op, command=self._argv0)
 
     def _open_streams(self, parents, bufsize: int) -> None:
         # As Popen: bufsize=1 means line buffering, which only text mode has.
@@ -428,6 +488,9 @@ class Sandbox:
             warnings.warn(f"nsbox: {exc}", ResourceWarning, stacklevel=3)
 
     def _release(self) -> None:
+        if self._park_sock is not None:
+            self._park_sock.close()
+            self._park_sock = None
         for attr in ("_pidfd", "_report_fd", "_command_pidfd"):
             fd = getattr(self, attr)
             if fd >= 0:

@@ -21,6 +21,7 @@ This is the only module that imports trio.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import signal
@@ -32,10 +33,15 @@ import trio
 
 from . import _errors
 from ._frozen import Frozen
-from ._process import Sandbox, run_stdio
+from ._process import DEVNULL, Sandbox, run_stdio
+from ._spec import SPEC_OPTIONS, Spec, make_spec
 
 __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
-           "capacity_limits"]
+           "Pool", "capacity_limits"]
+
+# Options that are per run, so a warm slot can serve them (the rest must match its pool).
+_PER_RUN = frozenset({"stdin", "stdout", "stderr", "bufsize"})
+_SLOT_ARGS = ("nsbox-warm-slot",)  # a parked slot's placeholder command
 
 # fds the supervisor holds per sandbox: its pidfd and report pipe (stdio pipes, when asked
 # for, take up to three more: the reserve and the kernel's EMFILE bound those).
@@ -45,7 +51,7 @@ FD_RESERVE = 64
 
 class SupervisorStatistics(Frozen):
     """sup.statistics(): sandboxes `starting`, `live`; totals `exited` and
-    `failed` (setup errors); `pooled` (warm slots, 0 until pools exist);
+    `failed` (setup errors); `pooled` (warm slots ready);
     `waiting` (starts queued for capacity); `fds_in_use` by this process;
     `capacity` and the `limit` that sets it."""
 
@@ -222,6 +228,99 @@ class SupervisedSandbox:
             self._exited.set()
 
 
+def _pool_key(spec: Spec) -> Spec:
+    """The part of a spec a warm slot is made from: all but args, env and cwd,
+    which each run brings. Specs with pass_fds cannot be pooled."""
+    if spec.pass_fds:
+        raise _errors.SpecError("a warm pool cannot pass fds (pass_fds) to its sandboxes")
+    return spec.replace(args=_SLOT_ARGS, env={}, cwd=None)
+
+
+class Pool:
+    """Warm slots of one spec (from sup.pool): sandboxes whose namespaces,
+    filesystem, network and cgroup are ready and whose init waits for a
+    command. A start() or run() whose spec matches takes a slot: only the
+    command (argv, environment, cwd, stdio) is sent, and it execs. Slots are
+    single-use; the pool refills them in the background, one at a time."""
+
+    def __init__(self, sup: Supervisor, key: Spec, size: int):
+        self._sup = sup
+        self.spec = key
+        self.size = size
+        self._ready: collections.deque[Sandbox] = collections.deque()
+        self._wake = trio.Event()
+        self._scope = trio.CancelScope()
+        self._closed = False
+        self.made = 0
+        self.taken = 0
+        self.errors = 0
+        self.last_error: BaseException | None = None
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    def _take(self) -> Sandbox | None:
+        slot = self._ready.popleft() if self._ready else None
+        if slot is not None:
+            self.taken += 1
+        self._wake.set()
+        return slot
+
+    async def _refill(self) -> None:
+        sup = self._sup
+        backoff = 0.05
+        with self._scope:
+            while not self._closed:
+                if len(self._ready) >= self.size:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                await sup._acquire(wait=True)
+                made: list[Sandbox] = []
+
+                def make(made=made):
+                    made.append(sup._launcher(self.spec, _park=True, stdin=DEVNULL,
+                                              stdout=DEVNULL, stderr=DEVNULL))
+
+                try:
+                    await trio.to_thread.run_sync(make, limiter=sup._spawners)
+                except BaseException as exc:
+                    sup._slots.release()
+                    for slot in made:
+                        slot.close()
+                    if not isinstance(exc, Exception):
+                        raise
+                    self.errors += 1
+                    self.last_error = exc
+                    await trio.sleep(backoff)  # e.g. a limit reached: try again later
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.05
+                self.made += 1
+                if self._closed:
+                    made[0].close()
+                    sup._slots.release()
+                    break
+                self._ready.append(made[0])
+
+    def _discard_all(self) -> None:
+        """End the slots no run took (SIGKILL; init reaped at once)."""
+        self._closed = True
+        self._scope.cancel()
+        while self._ready:
+            self._ready.popleft().close()
+            self._sup._slots.release()
+
+    def close(self) -> None:
+        """Stop refilling and end the ready slots."""
+        self._discard_all()
+        self._sup._pools.pop(self.spec, None)
+
+    def __repr__(self) -> str:
+        return f"<nsbox.Pool ready={self.ready}/{self.size} taken={self.taken}>"
+
+
 class Supervisor:
     """Made by open_supervisor(); see the module docstring."""
 
@@ -248,6 +347,7 @@ class Supervisor:
         self._exited_count = 0
         self._failed = 0
         self._live: set[SupervisedSandbox] = set()
+        self._pools: dict[Spec, Pool] = {}
         self._closed = False
 
     # -- starting --------------------------------------------------------------------------
@@ -277,6 +377,11 @@ class Supervisor:
         nsbox.Sandbox (stdin/stdout/stderr=nsbox.PIPE give trio streams)."""
         if self._closed:
             raise trio.ClosedResourceError("the supervisor is closed")
+        if self._pools and not (options.keys() - _PER_RUN - SPEC_OPTIONS) and \
+                "pass_fds" not in options:
+            handle = await self._start_warm(args, options)
+            if handle is not None:
+                return handle
         await self._acquire(wait)
         self._starting += 1
         made: list = []  # the thread's result, kept even if we are cancelled meanwhile
@@ -307,6 +412,69 @@ class Supervisor:
         self._live.add(handle)
         self._nursery.start_soon(handle._watch, name=f"nsbox-watch-{box.pid}")
         return handle
+
+    async def _start_warm(self, args: object, options: dict) -> SupervisedSandbox | None:
+        """Start in a warm slot of a matching pool; None when there is none ready."""
+        spec = make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
+        if spec.pass_fds:
+            return None
+        pool = self._pools.get(_pool_key(spec))
+        slot = pool._take() if pool is not None else None
+        if slot is None:
+            return None
+        env = spec.env if spec.env is not None else tuple(os.environ.items())
+        if spec.cwd is not None:
+            cwd, required = spec.cwd, True
+        else:
+            try:
+                cwd, required = os.getcwd(), False
+            except OSError:
+                cwd, required = None, False
+        stdio = {k: v for k, v in options.items() if k in ("stdin", "stdout", "stderr")}
+        self._starting += 1
+
+        def unpark():
+            slot._unpark(spec.args, env, cwd, required, **stdio)
+            slot._complete_start()
+
+        try:
+            try:
+                await trio.to_thread.run_sync(unpark, limiter=self._spawners)
+            except OSError as exc:
+                if isinstance(exc, _errors.NsboxError):
+                    raise
+                slot.close()  # the slot died while parked: start cold instead
+                self._slots.release()
+                self._starting -= 1
+                return None
+        except BaseException:
+            self._starting -= 1
+            slot.close()
+            self._slots.release()
+            self._failed += 1
+            raise
+        self._starting -= 1
+        slot.spec = spec
+        handle = SupervisedSandbox(self, slot)
+        self._live.add(handle)
+        self._nursery.start_soon(handle._watch, name=f"nsbox-watch-{slot.pid}")
+        return handle
+
+    def pool(self, args: object, *, size: int, **options: object) -> Pool:
+        """Keep `size` warm slots for sandboxes like `args`/`options` (their
+        args, env and cwd may differ per run). Starts that match take a slot;
+        others start cold. The slots count toward the supervisor's capacity."""
+        if self._closed:
+            raise trio.ClosedResourceError("the supervisor is closed")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise _errors.SpecError(f"pool size must be a positive integer: {size!r}")
+        key = _pool_key(make_spec(args, **options))
+        if key in self._pools:
+            raise ValueError("this supervisor already has a pool for that spec")
+        pool = Pool(self, key, size)
+        self._pools[key] = pool
+        self._nursery.start_soon(pool._refill, name="nsbox-pool-refill")
+        return pool
 
     def _ended(self, handle: SupervisedSandbox) -> None:
         if handle in self._live:
@@ -363,13 +531,16 @@ class Supervisor:
     def statistics(self) -> SupervisorStatistics:
         return SupervisorStatistics(
             starting=self._starting, live=len(self._live), exited=self._exited_count,
-            failed=self._failed, pooled=0, waiting=self._waiting,
+            failed=self._failed, pooled=sum(p.ready for p in self._pools.values()),
+            waiting=self._waiting,
             fds_in_use=len(os.listdir("/proc/self/fd")), capacity=self.capacity,
             limit=self.limit)
 
     async def _shutdown(self) -> None:
         """Every live sandbox: SIGTERM, grace, SIGKILL, reaped (concurrently)."""
         self._closed = True
+        for pool in list(self._pools.values()):
+            pool.close()
         async with trio.open_nursery() as n:
             for handle in list(self._live):
                 n.start_soon(handle.kill)

@@ -213,6 +213,9 @@ KILLED = textwrap.dedent("""
     import sys, trio, nsbox
     async def main():
         async with nsbox.open_supervisor() as sup:
+            pool = sup.pool(["x"], size=5)  # parked slots must die with us too
+            while pool.ready < 5:
+                await trio.sleep(0.01)
             for _ in range(20):
                 await sup.start(["sleep", sys.argv[1]])
             print("ready", flush=True)
@@ -227,12 +230,14 @@ def test_a_killed_supervisor_process_takes_its_sandboxes(procs, sleep_marker):
     try:
         assert p.stdout.readline() == "ready\n"
         assert len(sleepers(procs, sleep_marker)) == 20
+        assert len(procs.marked("nsbox-warm-slot")) >= 5  # parked, and used ones' inits
     finally:
         p.kill()
         p.wait()
         p.stdout.close()
     t = time.monotonic()
     assert procs.wait_gone(sleep_marker, timeout=2.0) == []
+    assert procs.wait_gone("nsbox-warm-slot", timeout=2.0) == []  # the parked slots' inits
     assert time.monotonic() - t < 2.0
 
 
@@ -261,3 +266,68 @@ def test_bounded_stress_two_thousand_at_once(procs, sleep_marker):
     arun(main)
     assert time.monotonic() - t < 120
     assert procs.wait_gone(sleep_marker, timeout=10) == []
+
+
+# -- warm pools ------------------------------------------------------------------------------
+
+
+async def _wait_ready(pool, n: int) -> None:
+    with trio.fail_after(10):
+        while pool.ready < n:
+            await trio.sleep(0.01)
+
+
+def test_warm_pool_serves_matching_starts_with_per_run_parts():
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            pool = sup.pool(["placeholder"], size=2, hostname="warm")
+            await _wait_ready(pool, 2)
+            assert sup.statistics().pooled == 2
+            r = await sup.run(["sh", "-c", "echo $FOO $(pwd) $(hostname); cat; exit 4"],
+                              hostname="warm", env={"FOO": "bar", "PATH": "/usr/bin:/bin"},
+                              cwd="/etc", input=b"in", capture_output=True)
+            assert (r.returncode, r.stdout, r.reason) == (4, b"bar /etc warm\nin", "exited")
+            assert pool.taken == 1
+            # A spec that differs beyond args/env/cwd starts cold.
+            r = await sup.run(["hostname"], hostname="cold", capture_output=True)
+            assert r.stdout == b"cold\n" and pool.taken == 1
+            # Setup errors from a slot raise as from a cold start.
+            with pytest.raises(nsbox.CommandNotFoundError):
+                await sup.run(["/nonexistent"], hostname="warm")
+            with pytest.raises(nsbox.SandboxSetupError) as info:
+                await sup.run(["true"], hostname="warm", cwd="/nonexistent-dir")
+            assert info.value.stage == "chdir"
+            await _wait_ready(pool, 2)  # refilled in the background
+            assert pool.taken == 3 and sup.statistics().failed == 2
+
+    arun(main)
+
+
+def test_warm_slots_are_single_use_and_ended_with_the_supervisor(procs):
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            pool = sup.pool(["x"], size=3)
+            await _wait_ready(pool, 3)
+            pids = [(await sup.start(["sleep", "60"])).pid for _ in range(3)]
+            assert len(set(pids)) == 3  # three slots, each used once
+            await _wait_ready(pool, 3)
+        # Leaving the block ended the live sandboxes and the parked slots.
+
+    arun(main)
+
+
+def test_pool_settings_are_checked():
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            for size in (0, -1, 1.5, True):
+                with pytest.raises(nsbox.SpecError):
+                    sup.pool(["x"], size=size)
+            with pytest.raises(nsbox.SpecError):
+                sup.pool(["x"], size=1, pass_fds=[5])
+            pool = sup.pool(["x"], size=1)
+            with pytest.raises(ValueError):
+                sup.pool(["y"], size=1)  # the same spec but for args
+            pool.close()
+            assert sup.statistics().pooled == 0
+
+    arun(main)
