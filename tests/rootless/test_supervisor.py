@@ -331,3 +331,24 @@ def test_pool_settings_are_checked():
             assert sup.statistics().pooled == 0
 
     arun(main)
+
+
+def _slot():
+    return nsbox.Sandbox(["slot"], _park=True, stdin=nsbox.DEVNULL, stdout=nsbox.DEVNULL,
+                         stderr=nsbox.DEVNULL)
+
+
+def test_parked_slot_ends_cleanly_on_eof_a_signal_or_a_bad_request():
+    slot = _slot()
+    slot._park_sock.close()  # the pool let it go: init exits 0 with nothing run
+    slot._park_sock = None
+    assert slot.wait(timeout=10) == 0
+    slot.close()
+    slot = _slot()
+    slot.terminate()  # a signal while parked ends it
+    assert slot.wait(timeout=10) == 128 + signal.SIGTERM
+    slot.close()
+    slot = _slot()
+    slot._park_sock.send(b"short")  # not a request: nothing runs
+    assert slot.wait(timeout=10) == 125
+    slot.close()

@@ -3,6 +3,7 @@
 Parts (`which`; default all):
   latency     start-to-exit of /bin/true: the C floor, nsbox, unshare(1), bwrap... interleaved
   phases      where nsbox's time goes: the C core's phase timestamps, per namespace set
+  warm        through the trio supervisor: from a warm pool and cold, beside nsbox.run and the floor
   throughput  start+exit+reap per second at several concurrencies, against the C floor
   scale       sandboxes held live in steps: memory per sandbox, start latency, teardown
 
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("latency", "phases", "throughput", "scale")
+PARTS = ("latency", "phases", "warm", "throughput", "scale")
 
 __all__ = ["main", "PARTS"]
 
@@ -64,8 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="nsbox's benchmark suite: each part side by side with its baselines, "
                     "in one run.",
         epilog="parts: latency (vs the C floor, unshare, bwrap...), phases (where the time "
-               "goes), throughput (sandboxes/s by concurrency), scale (live sandboxes, memory, "
-               "teardown)",
+               "goes), warm (a warm pool against cold starts), throughput (sandboxes/s by "
+               "concurrency), scale (live sandboxes, memory, teardown)",
     )
     p.add_argument("which", nargs="*", choices=[*PARTS, []], metavar="PART",
                    help=f"parts to run: {', '.join(PARTS)} (default: all)")
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import phases
 
             results[part] = phases.run(args.quick, Progress)
+        elif part == "warm":
+            from . import warm
+
+            results[part] = warm.run(args.quick, Progress)
         elif part == "throughput":
             from . import throughput
 
