@@ -392,14 +392,22 @@ class Supervisor:
             made[0]._complete_start()
 
         try:
-            # The clone (a vfork, about a millisecond with the namespaces) and
-            # the wait for the command to start (init's report, a fraction of
-            # a millisecond later) run in a worker thread: the event loop goes
-            # on, and starts use every CPU.
-            try:
-                await trio.to_thread.run_sync(spawn, limiter=self._spawners)
-            finally:
-                box = made[0] if made else None
+            if self._starting == 1:
+                # The only start in flight: clone right here (a vfork, about a
+                # millisecond; a thread hand-off would cost more than it saves)
+                # and wait for init's report on the event loop.
+                box = self._launcher(args, _lazy_start=True, **options)
+                if box._start_pending:
+                    await trio.lowlevel.wait_readable(box._report_fd)
+                    box._complete_start()
+            else:
+                # Starts in parallel: the clone and the wait for the command to
+                # start run in worker threads, so they use every CPU and the
+                # event loop goes on.
+                try:
+                    await trio.to_thread.run_sync(spawn, limiter=self._spawners)
+                finally:
+                    box = made[0] if made else None
         except BaseException:
             self._starting -= 1
             self._slots.release()
@@ -439,7 +447,12 @@ class Supervisor:
 
         try:
             try:
-                await trio.to_thread.run_sync(unpark, limiter=self._spawners)
+                if self._starting == 1:  # alone: no thread hand-off (see start)
+                    slot._unpark(spec.args, env, cwd, required, **stdio)
+                    await trio.lowlevel.wait_readable(slot._report_fd)
+                    slot._complete_start()
+                else:
+                    await trio.to_thread.run_sync(unpark, limiter=self._spawners)
             except OSError as exc:
                 if isinstance(exc, _errors.NsboxError):
                     raise
