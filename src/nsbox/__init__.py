@@ -33,7 +33,8 @@ def __getattr__(name: str):
         from ._result import Result
 
         return Result
-    if name in ("open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics"):
+    if name in ("open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
+                "Pool"):
         # trio is imported only by those who use the supervisor.
         from . import _supervisor
 
@@ -51,6 +52,7 @@ __all__ = [
     "Supervisor",
     "SupervisedSandbox",
     "SupervisorStatistics",
+    "Pool",
     "CapacityError",
     "Result",
     "Spec",

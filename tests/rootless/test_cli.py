@@ -298,6 +298,11 @@ def test_status_fd_events():
     assert exited["returncode"] == 3
     assert exited["signal"] is None
     assert isinstance(exited["wall_time"], float) and 0 <= exited["wall_time"] < 30
+    assert exited["reason"] == "exited" and exited["timed_out"] is False
+    stats = exited["stats"]
+    assert set(stats) == {"wall_time", "user_time", "system_time", "peak_memory", "memory",
+                          "pids", "pids_peak", "oom_kills"}
+    assert 0 < stats["wall_time"] < 30 and stats["peak_memory"] > 0
 
 
 def test_status_fd_signal_death():
@@ -306,12 +311,14 @@ def test_status_fd_signal_death():
     assert events[-1]["event"] == "exited"
     assert events[-1]["returncode"] == -15
     assert events[-1]["signal"] == 15
+    assert events[-1]["reason"] == "signaled"
 
 
 def test_status_fd_timeout():
     proc, events = _status_run("--timeout", "0.3", "--", "sleep", "100")
     assert proc.returncode == 124
     assert [e["event"] for e in events] == ["started", "exited"]
+    assert events[-1]["reason"] == "timeout" and events[-1]["timed_out"] is True
 
 
 def test_status_fd_not_given_to_command():
