@@ -89,15 +89,20 @@ def _fd_target(fd: int) -> str:
         return "?"
 
 
+# nsbox's default parents (kept between spawns, released at exit) are checked
+# once, at the end of the session; the rest after every test.
+_PARENT_GLOBS = ("/sys/fs/cgroup/*/nsbox", "/sys/fs/cgroup/nsbox")
 _CGROUP_GLOBS = ("/sys/fs/cgroup/*/nsbox/nsbx-*", "/sys/fs/cgroup/nsbox/nsbx-*",
+                 "/sys/fs/cgroup/*/nsbx-*", "/sys/fs/cgroup/nsbx-*",
                  "/sys/fs/cgroup/*/nsbx-*/nsbx-*", "/sys/fs/cgroup/nsbx-*/nsbx-*")
 
 
-def _cgroups() -> set[str]:
-    """nsbox's sandbox cgroups (under its default parents and the tests' own)."""
+def _cgroups(globs=_CGROUP_GLOBS) -> set[str]:
+    """nsbox's cgroups: the tests' own parents, and sandbox cgroups under
+    those or under nsbox's default parents."""
     import glob
 
-    return {path for pattern in _CGROUP_GLOBS for path in glob.glob(pattern)}
+    return {path for pattern in globs for path in glob.glob(pattern)}
 
 
 def _mounts() -> int:
@@ -143,7 +148,25 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "allow_leaks: the test manages its own cleanup checks")
 
 
+_parents_at_start: set[str] = set()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """What nsbox does at exit (release its emptied default parents), then
+    check that no parent this session made is left."""
+    import sys as _sys
+
+    cgroup = _sys.modules.get("nsbox._cgroup")
+    if cgroup is not None:
+        cgroup.release_parents()
+    left = _cgroups(_PARENT_GLOBS) - _parents_at_start
+    if left:
+        _sys.stderr.write(f"\nleak: cgroup parents left after the session: {sorted(left)}\n")
+        session.exitstatus = 1
+
+
 def pytest_sessionstart(session):
+    _parents_at_start.update(_cgroups(_PARENT_GLOBS))
     # nsbox keeps two fds for the life of the process (nsbox-init, our pidfd):
     # open them before the first leak check sees them appear.
     try:

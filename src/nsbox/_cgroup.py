@@ -16,6 +16,8 @@ are read at most. The cgroup is removed when the sandbox is reaped; cgroups
 left by a process that was killed before it could remove them are removed by
 the next nsbox process that uses the same parent. (If the caller dies,
 nsbox-init kills the sandbox and removes its cgroup itself, so that is rare.)
+nsbox's default parent is removed, when empty, as the process that used it
+exits (release_parents).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ._errors import LimitError, UnsupportedError
 from ._spec import CPU_PERIOD_US, Limits
 
 __all__ = ["Hierarchy", "Host", "Group", "parse_mountinfo", "parse_proc_cgroup", "host",
-           "create", "PREFIX", "DEFAULT_PARENT"]
+           "create", "release_parents", "PREFIX", "DEFAULT_PARENT"]
 
 PREFIX = "nsbx-"
 DEFAULT_PARENT = "/nsbox"
@@ -727,18 +729,22 @@ def _check_writable(path: str, h: Host) -> None:
 
 
 def _create_v2(limits: Limits, h: Host, parent: str, name: str) -> Group:
-    layout = _V2Layout(h, parent, limits.cgroup_parent is not None)
-    parent_dir = layout.parent_dir
-    _check_writable(layout.existing, h)
-    try:
-        made = _makedirs(parent_dir, layout.existing)
-        # A controller reaches the sandbox's cgroup only if it is enabled in
-        # every cgroup.subtree_control on the way down.
-        for d in ([layout.existing] if layout.modifiable else []) + made:
-            _enable(d, sorted(limits.controllers))
-    except OSError as exc:
-        raise _limit_error(exc, "prepare cgroup parent", parent_dir) from None
-    d = _mkdir_cgroup(parent_dir, name)
+    def attempt() -> str | None:
+        layout = _V2Layout(h, parent, limits.cgroup_parent is not None)
+        _check_writable(layout.existing, h)
+        try:
+            made = _makedirs(layout.parent_dir, layout.existing)
+            # A controller reaches the sandbox's cgroup only if it is enabled
+            # in every cgroup.subtree_control on the way down.
+            for d in ([layout.existing] if layout.modifiable else []) + made:
+                _enable(d, sorted(limits.controllers))
+        except FileNotFoundError:
+            return None  # a parent went away meanwhile (see Group.remove)
+        except OSError as exc:
+            raise _limit_error(exc, "prepare cgroup parent", layout.parent_dir) from None
+        return _mkdir_cgroup(layout.parent_dir, name)
+
+    d = _retry_parent_races(attempt, parent)
     group = GroupV2([d], limits)
     try:
         for fname, value in _v2_limit_files(limits, d):
@@ -761,15 +767,65 @@ def _existing_ancestor(path: str, mountpoint: str) -> str:
     return path
 
 
-def _mkdir_cgroup(parent_dir: str, name: str) -> str:
-    """Make the sandbox's cgroup directory (collecting stale ones first)."""
+_used_parents: set[str] = set()
+_atexit_registered = False
+
+
+def release_parents() -> list[str]:
+    """Remove nsbox's default parents that this process used and that are
+    empty now (rmdir fails while any sandbox cgroup, of any process, is in
+    one). Runs at exit: between spawns the parent stays, because making and
+    removing a memory cgroup each time would cost about 0.2 ms per spawn. A
+    parent the caller named (cgroup_parent) is theirs and stays. Returns the
+    directories removed."""
+    removed = []
+    for parent in sorted(_used_parents, reverse=True):
+        try:
+            os.rmdir(parent)
+            removed.append(parent)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            continue  # still in use
+        _used_parents.discard(parent)
+    return removed
+
+
+def _mkdir_cgroup(parent_dir: str, name: str) -> str | None:
+    """Make the sandbox's cgroup directory (collecting stale ones first);
+    None if the parent went away meanwhile."""
+    global _atexit_registered
+    if os.path.basename(parent_dir) == DEFAULT_PARENT.strip("/") and \
+            parent_dir not in _used_parents:
+        if not _atexit_registered:
+            import atexit
+
+            atexit.register(release_parents)
+            _atexit_registered = True
+        _used_parents.add(parent_dir)
     _collect_once(parent_dir)
     d = os.path.join(parent_dir, name)
     try:
         os.mkdir(d)
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise _limit_error(exc, "create cgroup", d) from None
     return d
+
+
+# nsbox's own parent goes when the last process using it exits (release_parents),
+# so another nsbox process may remove it between our mkdir -p and our mkdir.
+PARENT_RACE_RETRIES = 8
+
+
+def _retry_parent_races(attempt, parent: str) -> str:
+    for _ in range(PARENT_RACE_RETRIES):
+        d = attempt()
+        if d is not None:
+            return d
+    raise LimitError(errno.ENOENT, f"nsbox: cgroup parent {parent} kept disappearing",
+                     stage="cgroup", op=parent)
 
 
 def _discard(group: Group) -> None:
@@ -819,13 +875,19 @@ def _create_v1(limits: Limits, h: Host, parent: str, name: str) -> Group:
             if parent_dir is None:
                 raise _unsupported(f"cgroup_parent {parent} is outside this process's cgroup "
                                    "namespace")
-            existing = _existing_ancestor(parent_dir, hier.mountpoint)
-            _check_writable(existing, h)
-            try:
-                _makedirs(parent_dir, existing)
-            except OSError as exc:
-                raise _limit_error(exc, "prepare cgroup parent", parent_dir) from None
-            d = _mkdir_cgroup(parent_dir, name)
+
+            def attempt(parent_dir=parent_dir, hier=hier) -> str | None:
+                existing = _existing_ancestor(parent_dir, hier.mountpoint)
+                _check_writable(existing, h)
+                try:
+                    _makedirs(parent_dir, existing)
+                except FileNotFoundError:
+                    return None  # a parent went away meanwhile (see Group.remove)
+                except OSError as exc:
+                    raise _limit_error(exc, "prepare cgroup parent", parent_dir) from None
+                return _mkdir_cgroup(parent_dir, name)
+
+            d = _retry_parent_races(attempt, parent_dir)
             dirs.append(d)
             for c in hier.controllers:
                 by_controller[c] = d

@@ -219,11 +219,33 @@ def kill_caller_and_check_cgroup_goes(limits: dict) -> None:
     while time.monotonic() < deadline and any(os.path.exists(d) for d in dirs):
         time.sleep(0.02)
     assert not any(os.path.exists(d) for d in dirs)
+    return dirs
 
 
 def test_cgroup_of_a_killed_caller_is_removed_by_init():
     controllers_here("memory", "pids")
-    kill_caller_and_check_cgroup_goes({"memory": "64M", "pids": 10})
+    parents = {os.path.dirname(d) for d in
+               kill_caller_and_check_cgroup_goes({"memory": "64M", "pids": 10})}
+    # nsbox's own parent stays (init stepped into it to remove the sandbox's
+    # cgroup, on cgroup v1): the next nsbox process that uses it removes it
+    # when it exits. (First let init, which stepped into it, finish exiting.)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+            open(os.path.join(d, "cgroup.procs")).read() for d in parents):
+        time.sleep(0.02)
+    subprocess.run([sys.executable, "-m", "nsbox", "run", "--memory", "64M", "--pids", "10",
+                    "--", "true"], check=True)
+    assert not [d for d in parents if os.path.exists(d)]
+
+
+def test_default_parent_is_released_when_empty():
+    controllers_here("pids")
+    with nsbox.Sandbox(["sleep", "30"], limits=nsbox.Limits(pids=10)) as a:
+        parent = os.path.dirname(a._group.dirs[0])
+        assert parent not in _cgroup.release_parents()  # in use
+    assert os.path.isdir(parent)  # kept between spawns...
+    assert parent in _cgroup.release_parents()  # ...and removed at exit (or on request)
+    assert not os.path.exists(parent)
 
 
 def test_stale_cgroup_is_collected_by_the_next_nsbox_process():
@@ -231,12 +253,14 @@ def test_stale_cgroup_is_collected_by_the_next_nsbox_process():
     # a process that is gone. The next nsbox process using the parent removes it.
     controllers_here("pids")
     group = _cgroup.create(nsbox.Limits(pids=10))  # (makes sure the parent exists)
-    group.remove()
-    stale = os.path.join(os.path.dirname(group.dirs[0]), f"{_cgroup.PREFIX}999999999-1-1")
+    parent = os.path.dirname(group.dirs[0])
+    stale = os.path.join(parent, f"{_cgroup.PREFIX}999999999-1-1")
     os.mkdir(stale)
+    group.remove()
+    assert os.path.isdir(parent)  # the stale one keeps it
     subprocess.run([sys.executable, "-m", "nsbox", "run", "--pids", "10", "--", "true"],
                    check=True)
-    assert not os.path.exists(stale)
+    assert not os.path.exists(stale) and not os.path.exists(parent)
 
 
 # -- cgroup v2 for real -------------------------------------------------------------------

@@ -492,3 +492,27 @@ def test_init_cleanup_argument(tmp_path):
     finally:
         group.close_fds()
     assert group.init_arg() == (b"-", [])
+
+
+def test_release_parents_removes_only_empty_default_parents(tmp_path):
+    hs = v1_hierarchies(tmp_path, ("pids",))
+    host = C.Host(hs, {}, 0)
+    group = C.create(Limits(pids=5), host)
+    parent = os.path.dirname(group.dirs[0])
+    try:
+        assert parent not in C.release_parents()  # in use: it stays
+        assert os.path.isdir(parent)
+    finally:
+        group.close_fds()
+    for f in os.listdir(group.dirs[0]):  # the kernel drops interface files with the dir
+        os.unlink(os.path.join(group.dirs[0], f))
+    group.remove()
+    assert parent in C.release_parents() and not os.path.exists(parent)
+    # A parent the caller named is theirs: never removed.
+    named = C.create(Limits(pids=5, cgroup_parent="/ci"), host)
+    named.close_fds()
+    for f in os.listdir(named.dirs[0]):
+        os.unlink(os.path.join(named.dirs[0], f))
+    named.remove()
+    C.release_parents()
+    assert os.path.isdir(os.path.join(hs[0].mountpoint, "ci"))
