@@ -152,13 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def pct(sorted_xs: list[float], q: float) -> float:
-    """The q-quantile of sorted values (nearest rank)."""
-    if not sorted_xs:
-        return float("nan")
-    return sorted_xs[min(len(sorted_xs) - 1, max(0, round(q * (len(sorted_xs) - 1))))]
-
-
 def our_children() -> int:
     """How many child processes this process has (a leak check)."""
     me = str(os.getpid())

@@ -11,7 +11,7 @@ import random
 import statistics
 import time
 
-from . import pct
+from .latency import percentile
 
 TRUE = "/bin/true"
 NS_SETS = ("all", "user+mnt+pid+uts+ipc", "user", "none")
@@ -71,13 +71,13 @@ def run(quick: bool, progress) -> dict:
                 prev = AFTER.get(phase) or PHASES[PHASES.index(phase) - 1]
                 d = sorted((t[phase] - t[prev]) * 1e3 for t in timed if phase in t and prev in t)
                 if d:
-                    steps[phase] = {"p50_ms": pct(d, 0.5), "p95_ms": pct(d, 0.95),
-                                    "p99_ms": pct(d, 0.99), "what": WHAT.get(phase, "")}
+                    steps[phase] = {"p50_ms": percentile(d, 0.5), "p95_ms": percentile(d, 0.95),
+                                    "p99_ms": percentile(d, 0.99), "what": WHAT.get(phase, "")}
             totals = sorted(t["reaped"] * 1e3 for t in timed)
             out["ns_sets"][label] = {
                 "phases": steps,
-                "total_p50_ms": pct(totals, 0.5),
-                "plain_p50_ms": pct(sorted(x * 1e3 for x in plain), 0.5),
+                "total_p50_ms": percentile(totals, 0.5),
+                "plain_p50_ms": percentile(sorted(x * 1e3 for x in plain), 0.5),
             }
     finally:
         bar.close()

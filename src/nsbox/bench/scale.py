@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from . import our_children, pct
+from . import our_children
+from .latency import percentile
 
 TRUE = "/bin/true"
 START_CONCURRENCY = 64
@@ -90,8 +91,8 @@ def run(quick: bool, progress) -> dict:
                                                      - mem["MemAvailable"]) / step,
                         "supervisor_rss_bytes_per_sandbox": (rss - base_rss) / step,
                         "starts_per_s": start_rate,
-                        "new_start_p50_ms": pct(probe, 0.5) * 1e3,
-                        "new_start_p95_ms": pct(probe, 0.95) * 1e3,
+                        "new_start_p50_ms": percentile(probe, 0.5) * 1e3,
+                        "new_start_p95_ms": percentile(probe, 0.95) * 1e3,
                     })
             finally:
                 bar.close()

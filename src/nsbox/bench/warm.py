@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 
-from . import pct
+from .latency import percentile
 
 TRUE = "/bin/true"
 
@@ -67,8 +67,9 @@ def run(quick: bool, progress) -> dict:
         finally:
             if floor is not None:
                 floor.close()
-        res = {name: {"p50_ms": pct(sorted(v), 0.5) * 1e3, "p95_ms": pct(sorted(v), 0.95) * 1e3,
-                      "n": len(v)} for name, v in samples.items() if v}
+        res = {name: {"p50_ms": percentile(sorted(v), 0.5) * 1e3,
+                      "p95_ms": percentile(sorted(v), 0.95) * 1e3, "n": len(v)}
+               for name, v in samples.items() if v}
         if "floor" in res:
             for r in res.values():
                 r["ratio_to_floor"] = r["p50_ms"] / res["floor"]["p50_ms"]
