@@ -17,7 +17,7 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "nsbox._nsbox_cffi",
     '#include "nsbox.h"\n',
-    sources=["csrc/spawn.c", "csrc/child.c"],
+    sources=["csrc/spawn.c", "csrc/child.c", "csrc/net.c"],
     include_dirs=["csrc"],
     extra_compile_args=["-O2", "-std=gnu11", "-fvisibility=hidden", "-fno-strict-aliasing"],
 )

@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/ioctl.h>
 #include <sys/poll.h>
 #include <sys/prctl.h>
@@ -640,9 +641,30 @@ static void change_dir(const struct nsbox_spec *s)
     TRY(s, NSBOX_STAGE_CHDIR, 0, chdir("/"));
 }
 
+/*
+ * With a network: wait for the hop to have put our eth0 here (it runs beside
+ * us, so the mounts above overlapped its wiring), then address it.
+ */
+static void network_up(const struct nsbox_ctx *ctx)
+{
+    const struct nsbox_spec *s = ctx->spec;
+    if (s->net_hub_fd < 0)
+        return; /* (failure injection: the hop's, see net.c) */
+    int32_t go;
+    while ((go = ctx->go) == 0)
+        syscall(SYS_futex, &ctx->go, FUTEX_WAIT, 0, NULL, NULL, 0);
+    if (go < 0)
+        fail(s, NSBOX_STAGE_NETWORK, -go, ctx->go_index);
+    int index = 0;
+    int err = nsbox_net_inside(s, &index);
+    if (err)
+        fail(s, NSBOX_STAGE_NETWORK, err, index);
+}
+
 NSBOX_HIDDEN int nsbox_child_main(void *arg)
 {
-    const struct nsbox_spec *s = arg;
+    const struct nsbox_ctx *ctx = arg;
+    const struct nsbox_spec *s = ctx->spec;
     mark_phase(s->timings, NSBOX_PHASE_CHILD);
     restore_signals();
     die_with_parent(s);
@@ -654,6 +676,7 @@ NSBOX_HIDDEN int nsbox_child_main(void *arg)
     mark_phase(s->timings, NSBOX_PHASE_MOUNTS);
     set_hostname(s);
     loopback_up(s);
+    network_up(ctx);
     mark_phase(s->timings, NSBOX_PHASE_NETWORK);
     drop_caps(s);
     set_ids(s);

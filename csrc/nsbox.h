@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 /* NSBOX_CDEF_BEGIN */
-#define NSBOX_ABI_VERSION 3
+#define NSBOX_ABI_VERSION 4
 #define NSBOX_REPORT_MAGIC 1313096241
 
 /* Setup stages, in the order the child runs them. A failure record names one. */
@@ -39,7 +39,8 @@ enum nsbox_stage {
     NSBOX_STAGE_INIT = 18,        /* init: its own setup (signalfd, vfork) */
     NSBOX_STAGE_RLIMIT = 19,      /* init: the command's rlimit [index] */
     NSBOX_STAGE_EXEC = 20,        /* init: execve of the command */
-    NSBOX_STAGE_COUNT = 21
+    NSBOX_STAGE_NETWORK = 21,     /* hop/child: the network's veth [index: see net.c] */
+    NSBOX_STAGE_COUNT = 22
 };
 
 enum nsbox_report_kind {
@@ -68,7 +69,7 @@ enum nsbox_phase {
     NSBOX_PHASE_CGROUP = 2,     /* child: in its cgroup */
     NSBOX_PHASE_ID_MAP = 3,     /* child: id maps written */
     NSBOX_PHASE_MOUNTS = 4,     /* child: filesystem built, pivot_root done */
-    NSBOX_PHASE_NETWORK = 5,    /* child: hostname set, loopback up */
+    NSBOX_PHASE_NETWORK = 5,    /* child: hostname set, loopback (and eth0) up */
     NSBOX_PHASE_PRIVILEGES = 6, /* child: capabilities dropped, ids set */
     NSBOX_PHASE_EXEC_INIT = 7,  /* child: fds and cwd ready, execveat of nsbox-init */
     NSBOX_PHASE_SPAWNED = 8,    /* parent: clone returned (the child has exec'd) */
@@ -134,6 +135,15 @@ struct nsbox_spec {
     uint32_t n_cgroup_procs;
     int32_t cgroup_dirfd;          /* cgroup v2: the cgroup to clone into (CLONE_INTO_CGROUP), or -1 */
     uint64_t *timings;             /* NSBOX_PHASE_COUNT slots, or NULL: no timestamps */
+    /* A network (see net.c): the sandbox's eth0 is one end of a veth pair
+     * whose other end joins the bridge in the network's hub namespace. */
+    int32_t net_hub_fd;            /* the hub's net namespace, or -1: no network */
+    int32_t net_userns_fd;         /* the hub's own user namespace, or -1 */
+    int32_t net_bridge;            /* ifindex of the hub's bridge */
+    const char *net_host_if;       /* name of the veth's end in the hub */
+    uint32_t net_addr;             /* the sandbox's IPv4 address, network byte order */
+    uint32_t net_gateway;          /* its default gateway, network byte order */
+    uint32_t net_prefix;           /* the subnet's prefix length */
     int32_t debug_fail_stage;      /* tests: make this stage fail ... */
     int32_t debug_fail_errno;      /* ... with this errno */
 };

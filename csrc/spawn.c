@@ -9,30 +9,11 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "nsbox.h"
 #include "sys.h"
 #include "child.h"
-
-#define CHILD_STACK_SIZE (256 * 1024)
-
-struct clone3_args {
-    uint64_t flags;
-    uint64_t pidfd;
-    uint64_t child_tid;
-    uint64_t parent_tid;
-    uint64_t exit_signal;
-    uint64_t stack;
-    uint64_t stack_size;
-    uint64_t tls;
-    uint64_t set_tid;
-    uint64_t set_tid_size;
-    uint64_t cgroup;
-};
-
-#ifndef CLONE_INTO_CGROUP
-#define CLONE_INTO_CGROUP 0x200000000ULL
-#endif
 
 #if defined(__x86_64__)
 /*
@@ -40,7 +21,7 @@ struct clone3_args {
  * the child starts on an empty stack. Call fn there and exit with its result.
  * Returns the child's pid or -errno in the parent.
  */
-static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg)
+NSBOX_HIDDEN long nsbox_clone3(void *args, unsigned long size, int (*fn)(void *), void *arg)
 {
     long ret;
     register void *r12 __asm__("r12") = (void *)fn;
@@ -57,14 +38,15 @@ static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg)
                          "hlt\n"
                          "1:\n\t"
                          : "=a"(ret)
-                         : "0"((long)SYS_clone3), "D"(args), "S"(sizeof(*args)), "r"(r12), "r"(r13)
+                         : "0"((long)SYS_clone3), "D"(args), "S"(size), "r"(r12), "r"(r13)
                          : "rcx", "r11", "memory", "cc");
     return ret;
 }
 #else
-static long clone3_call(struct clone3_args *args, int (*fn)(void *), void *arg)
+NSBOX_HIDDEN long nsbox_clone3(void *args, unsigned long size, int (*fn)(void *), void *arg)
 {
     (void)args;
+    (void)size;
     (void)fn;
     (void)arg;
     return -ENOSYS;
@@ -99,6 +81,31 @@ static unsigned long clone_flags(uint32_t ns, int late_cgroup_ns)
     return f;
 }
 
+/* With a network, the caller clones the hop (net.c), which clones the setup
+ * child as the caller's own child (CLONE_PARENT) and wires it. The hop shares
+ * the caller's fd table, so the child's pidfd lands in the caller's. */
+static long spawn_via_hop(struct nsbox_ctx *ctx, char *hop_stack)
+{
+    ctx->flags = (ctx->flags & ~(unsigned long)CLONE_VFORK) | CLONE_PARENT |
+                 CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
+    struct clone3_args ca;
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_VM | CLONE_VFORK | CLONE_FILES;
+    ca.exit_signal = SIGCHLD; /* the child inherits it: CLONE_PARENT */
+    ca.stack = (uint64_t)(uintptr_t)hop_stack;
+    ca.stack_size = CHILD_STACK_SIZE;
+    long hop = nsbox_clone3(&ca, sizeof ca, nsbox_hop_main, ctx);
+    if (hop == -ENOSYS)
+        hop = clone(nsbox_hop_main, hop_stack + CHILD_STACK_SIZE,
+                    CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, ctx);
+    if (hop < 0)
+        return hop == -1 ? -errno : hop;
+    int status;
+    while (waitpid((pid_t)hop, &status, __WALL) < 0 && errno == EINTR)
+        ;
+    return ctx->pid > 0 ? ctx->pid : -(ctx->err ? ctx->err : EIO);
+}
+
 int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
 {
     out->pid = -1;
@@ -113,7 +120,9 @@ int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
         out->err = spec->debug_fail_errno;
         return -1;
     }
-    char *stack = mmap(NULL, CHILD_STACK_SIZE, PROT_READ | PROT_WRITE,
+    int hop = spec->net_hub_fd >= 0;
+    size_t map_size = hop ? 2 * CHILD_STACK_SIZE : CHILD_STACK_SIZE;
+    char *stack = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
     if (stack == MAP_FAILED) {
         out->err = errno;
@@ -124,37 +133,55 @@ int nsbox_spawn(const struct nsbox_spec *spec, struct nsbox_child *out)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
 
-    unsigned long flags = clone_flags(spec->namespaces, joins_cgroup(spec));
-    int pidfd = -1;
-    struct clone3_args ca;
-    memset(&ca, 0, sizeof ca);
-    ca.flags = flags;
-    ca.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    ca.exit_signal = SIGCHLD;
-    ca.stack = (uint64_t)(uintptr_t)stack;
-    ca.stack_size = CHILD_STACK_SIZE;
-    if (spec->cgroup_dirfd >= 0) {
-        /* cgroup v2: the child starts in its cgroup, before running anything. */
-        ca.flags |= CLONE_INTO_CGROUP;
-        ca.cgroup = (uint64_t)spec->cgroup_dirfd;
-    }
+    struct nsbox_ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.spec = spec;
+    ctx.stack = stack;
+    ctx.stack_size = CHILD_STACK_SIZE;
+    ctx.flags = clone_flags(spec->namespaces, joins_cgroup(spec));
+    ctx.pid = -1;
+    ctx.pidfd = -1;
+    ctx.stage = NSBOX_STAGE_CLONE;
+    long pid;
+    int err;
     mark_phase(spec->timings, NSBOX_PHASE_CLONE);
-    long pid = clone3_call(&ca, nsbox_child_main, (void *)(uintptr_t)spec);
-    int err = pid < 0 ? (int)-pid : 0;
-    if (err == ENOSYS && spec->cgroup_dirfd < 0) {
-        pid = clone(nsbox_child_main, stack + CHILD_STACK_SIZE, (int)(flags | SIGCHLD),
-                    (void *)(uintptr_t)spec, &pidfd);
-        err = pid < 0 ? errno : 0;
+    if (hop) {
+        pid = spawn_via_hop(&ctx, stack + CHILD_STACK_SIZE);
+        err = pid < 0 ? (int)-pid : 0;
+    } else {
+        struct clone3_args ca;
+        memset(&ca, 0, sizeof ca);
+        ca.flags = ctx.flags;
+        ca.pidfd = (uint64_t)(uintptr_t)&ctx.pidfd;
+        ca.exit_signal = SIGCHLD;
+        ca.stack = (uint64_t)(uintptr_t)stack;
+        ca.stack_size = CHILD_STACK_SIZE;
+        if (spec->cgroup_dirfd >= 0) {
+            /* cgroup v2: the child starts in its cgroup, before running anything. */
+            ca.flags |= CLONE_INTO_CGROUP;
+            ca.cgroup = (uint64_t)spec->cgroup_dirfd;
+        }
+        pid = nsbox_clone3(&ca, sizeof ca, nsbox_child_main, &ctx);
+        err = pid < 0 ? (int)-pid : 0;
+        if (err == ENOSYS && spec->cgroup_dirfd < 0) {
+            int fd = -1;
+            pid = clone(nsbox_child_main, stack + CHILD_STACK_SIZE, (int)(ctx.flags | SIGCHLD),
+                        &ctx, &fd);
+            err = pid < 0 ? errno : 0;
+            ctx.pidfd = fd;
+        }
+        ctx.stage = NSBOX_STAGE_CLONE;
     }
     mark_phase(spec->timings, NSBOX_PHASE_SPAWNED);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    munmap(stack, CHILD_STACK_SIZE);
+    munmap(stack, map_size);
     if (pid < 0) {
+        out->stage = ctx.stage;
         out->err = err;
         return -1;
     }
     out->pid = (int32_t)pid;
-    out->pidfd = pidfd;
+    out->pidfd = ctx.pidfd;
     out->stage = NSBOX_STAGE_NONE;
     return 0;
 }

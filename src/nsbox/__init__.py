@@ -21,7 +21,7 @@ from ._errors import (
     UnsupportedError,
 )
 from ._process import DEVNULL, PHASES, PIPE, STDOUT, Sandbox, run
-from ._spec import NAMESPACES, Bind, Limits, Spec, Tmpfs
+from ._spec import NAMESPACES, Bind, Limits, Network, Publish, Spec, Tmpfs
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,8 @@ __all__ = [
     "Bind",
     "Tmpfs",
     "Limits",
+    "Network",
+    "Publish",
     "Stats",
     "NAMESPACES",
     "PHASES",

@@ -121,8 +121,7 @@ def _timeout_arg(value: str) -> float:
 
 
 def _network_arg(value: str) -> str:
-    if value not in ("none", "host"):
-        raise _BadValue(f"invalid choice: {value!r} (choose from 'none', 'host')")
+    # none, host, or a network's name (checked by Spec: a bad one is a SpecError).
     return value
 
 
@@ -178,9 +177,18 @@ def build_parser():
                     help="working directory inside (default: the current one if it exists "
                          "inside, else /)")
     ident = run.add_argument_group("identity and isolation")
-    ident.add_argument("--network", choices=("none", "host"), default=None,
+    ident.add_argument("--network", metavar="MODE|NAME", default=None,
                        help="none: own network namespace with only loopback (default); "
-                            "host: share the host's network")
+                            "host: share the host's network; NAME: join that network "
+                            "(eth0, an address, names), 'bridge' being the default one")
+    ident.add_argument("--name", metavar="NAME",
+                       help="the sandbox's name on its network: NAME and NAME.NETWORK.nsbox "
+                            "resolve to it from the network's sandboxes (and are its host name)")
+    ident.add_argument("--publish", "-p", metavar="[ADDR:]HOSTPORT:PORT", action="append",
+                       default=[],
+                       help="forward the host's ADDR:HOSTPORT (default address 127.0.0.1; "
+                            "HOSTPORT 0: any free port, printed) to the sandbox's PORT; "
+                            "repeatable")
     ident.add_argument("--hostname", metavar="NAME", help="host name inside the sandbox")
     ident.add_argument("--uid", metavar="N", type=_int, help="uid inside (default 0)")
     ident.add_argument("--gid", metavar="N", type=_int, help="gid inside (default 0)")
@@ -232,6 +240,7 @@ _VALUE_OPTIONS = {
     "--chdir": ("chdir", str),
     "--network": ("network", _network_arg),
     "--hostname": ("hostname", str),
+    "--name": ("name", str),
     "--uid": ("uid", _int_arg),
     "--gid": ("gid", _int_arg),
     "--namespaces": ("namespaces", str),
@@ -256,12 +265,14 @@ class RunArgs:
     """The parsed `run` options (the fields of argparse's Namespace for it)."""
 
     __slots__ = ("rootfs", "chdir", "network", "hostname", "uid", "gid", "namespaces",
-                 "timeout", "status_fd", "mounts", "env", "clearenv", "cmd", *LIMIT_OPTIONS)
+                 "timeout", "status_fd", "mounts", "env", "clearenv", "cmd", "name", "publish",
+                 *LIMIT_OPTIONS)
 
     def __init__(self):
         for name in self.__slots__:
             setattr(self, name, None)
         self.env = []
+        self.publish = []
         self.clearenv = False
         self.cmd = []
 
@@ -294,7 +305,8 @@ def fast_parse(argv: list[str]) -> RunArgs | None:
             args.clearenv = True
             i += 1
             continue
-        if name not in _VALUE_OPTIONS and name not in _MOUNT_OPTIONS and name != "--env":
+        if name not in _VALUE_OPTIONS and name not in _MOUNT_OPTIONS and \
+                name not in ("--env", "--publish"):
             return None
         if eq:
             if value == "--":  # argparse strips a '--' even from '--opt=--'
@@ -310,6 +322,8 @@ def fast_parse(argv: list[str]) -> RunArgs | None:
         try:
             if name == "--env":
                 args.env.append(value)
+            elif name == "--publish":
+                args.publish.append(value)
             elif name in _MOUNT_OPTIONS:
                 args.mounts = [*(args.mounts or ()), (name[2:], _MOUNT_OPTIONS[name](value))]
             else:
@@ -365,6 +379,8 @@ def parse_run(argv: list[str]):
         mounts=mounts,
         network=ns.network,
         hostname=ns.hostname,
+        name=ns.name,
+        publish=ns.publish,
         uid=ns.uid,
         gid=ns.gid,
         namespaces=ns.namespaces,
@@ -404,7 +420,11 @@ def spec_to_argv(spec) -> list[str]:
     if spec.cwd:
         argv.append(f"--chdir={spec.cwd}")
     if spec.network != "none":
-        argv.append(f"--network={spec.network}")
+        argv.append(f"--network={getattr(spec.network, 'name', spec.network)}")
+    if spec.name is not None:
+        argv.append(f"--name={spec.name}")
+    for p in spec.publish:
+        argv.append(f"--publish={p.host_address}:{p.host_port}:{p.port}")
     if spec.hostname:
         argv.append(f"--hostname={spec.hostname}")
     if spec.uid is not None:
@@ -495,7 +515,14 @@ def _run(argv: list[str]) -> int:
         except _errors.NsboxError as exc:
             _err(str(exc))
             return EXIT_NSBOX
-        status.event(event="started", pid=box.pid)
+        if box.address is not None:
+            status.event(event="started", pid=box.pid, address=str(box.address),
+                         published=[list(p) for p in box.published])
+        else:
+            status.event(event="started", pid=box.pid)
+        for asked, (addr, host_port, port) in zip(spec.publish, box.published, strict=True):
+            if asked.host_port == 0:  # the caller cannot know it otherwise
+                _err(f"published {addr}:{host_port} -> {port}")
         for sig in pending:
             box.send_signal(sig)
         timed_out = False

@@ -56,6 +56,7 @@ STAGE_NAMES = {
     18: "init",
     19: "rlimit",
     20: "exec",
+    21: "network",
 }
 STAGE_NUMBERS = {name: number for number, name in STAGE_NAMES.items()}
 
@@ -180,6 +181,7 @@ _STAGE_CLASS = {
     "mount": MountError,
     "pivot-root": MountError,
     "loopback": NetworkSetupError,
+    "network": NetworkSetupError,
     "setid": PrivilegeDropError,
     "caps": PrivilegeDropError,
     "cgroup": LimitError,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import sys
 
 from . import _errors
 from ._plan import Plan
@@ -153,6 +154,7 @@ def spawn(
     cgroup: object = None,
     timings: list | None = None,
     park_fd: int = -1,
+    lease: object = None,
 ) -> tuple[int, int]:
     """Start the sandbox described by `plan`; returns (pid, pidfd) of its init.
 
@@ -160,7 +162,8 @@ def spawn(
     `timings`, the phase timestamps of the spawn (ns, CLOCK_MONOTONIC, 0 for
     a phase that did not run) are appended to it. With `park_fd`, the
     sandbox is a warm-pool slot: nsbox-init waits for its command on that
-    socket (see Sandbox._unpark). Raises
+    socket (see Sandbox._unpark). With a `lease` (a _network.Lease), the
+    sandbox's eth0 joins that network (see csrc/net.c). Raises
     UnsupportedError/SpawnError when the clone itself fails. Failures after
     the clone arrive as records on the report pipe.
     """
@@ -226,11 +229,24 @@ def spawn(
         spec.timings = stamps
     spec.debug_fail_stage = fail_stage
     spec.debug_fail_errno = fail_errno
+    if lease is None:
+        spec.net_hub_fd = -1
+        spec.net_userns_fd = -1
+    else:
+        spec.net_hub_fd = lease.hub_fd
+        spec.net_userns_fd = lease.userns_fd
+        spec.net_bridge = lease.bridge
+        spec.net_host_if = _cstr(lease.host_if, keep)
+        spec.net_addr = int.from_bytes(lease.address.packed, sys.byteorder)
+        spec.net_gateway = int.from_bytes(lease.gateway.packed, sys.byteorder)
+        spec.net_prefix = lease.prefix
 
     out = ffi.new("struct nsbox_child *")
     rc = lib.nsbox_spawn(spec, out)
     if timings is not None:
         timings.extend(stamps)
     if rc < 0:
+        if out.stage == lib.NSBOX_STAGE_NETWORK:
+            raise _errors.setup_error(out.stage, out.err, op=lease)
         raise _errors.clone_error(out.err, plan.namespaces)
     return out.pid, out.pidfd

@@ -100,7 +100,7 @@ def _depth(path: str) -> int:
     return 0 if path == "/" else path.count("/")
 
 
-def _mounts(spec: Spec) -> tuple[PlanMount, ...]:
+def _mounts(spec: Spec, network_dir: str | None = None) -> tuple[PlanMount, ...]:
     user: list[PlanMount] = []
     for m in spec.mounts:
         if isinstance(m, Bind):
@@ -113,6 +113,12 @@ def _mounts(spec: Spec) -> tuple[PlanMount, ...]:
     if "pid" in spec.namespaces:
         defaults.append(PlanMount(MNT_PROC, "/proc", origin="proc /proc"))
     defaults.append(PlanMount(MNT_TMPFS, "/tmp", mode=0o1777, origin="tmpfs /tmp"))
+    if network_dir is not None:
+        # The network's resolver (its hub answers for the sandboxes' names) and
+        # a hosts file with localhost only: the host's own would name the host.
+        for name in ("resolv.conf", "hosts"):
+            defaults.append(PlanMount(MNT_BIND, "/etc/" + name, src=f"{network_dir}/{name}",
+                                      flags=MF_READONLY, origin=f"network's /etc/{name}"))
     # A user mount at a default's target replaces the default.
     ordered = [d for d in defaults if d.dst not in taken]
     # Parents before children, as docker does; stable for equal depths.
@@ -162,6 +168,7 @@ def make_plan(
     caller_gid: int,
     caller_cwd: str | None,
     environ: dict[str, str],
+    network_dir: str | None = None,
 ) -> Plan:
     ns = spec.namespaces
     userns = "user" in ns
@@ -189,12 +196,12 @@ def make_plan(
         ns_bits=sum(NS_BITS[n] for n in ns),
         root=(spec.rootfs or "/") if filesystem else None,
         root_readonly=True,
-        mounts=_mounts(spec) if filesystem else (),
+        mounts=_mounts(spec, network_dir) if filesystem else (),
         uid_map=uid_map,
         gid_map=gid_map,
         setid_uid=setid_uid,
         setid_gid=setid_gid,
-        hostname=spec.hostname,
+        hostname=spec.hostname if spec.hostname is not None or "uts" not in ns else spec.name,
         cwd=cwd,
         cwd_required=required,
         pass_fds=spec.pass_fds,

@@ -17,8 +17,8 @@ import signal
 import time
 import warnings
 
-from . import _errors, _native, _plan, _protocol
-from ._spec import Spec, make_spec
+from . import _errors, _native, _plan, _protocol, _spec
+from ._spec import Network, Spec, make_spec
 
 __all__ = ["Sandbox", "run", "PIPE", "DEVNULL", "STDOUT"]
 
@@ -58,9 +58,26 @@ def _RLIMIT_NAMES() -> dict[int, str]:  # noqa: N802 - a constant, computed once
 
 
 @functools.lru_cache(maxsize=128)
-def _cached_plan(spec: Spec, uid: int, gid: int, cwd: str | None, environ: tuple) -> _plan.Plan:
+def _cached_plan(spec: Spec, uid: int, gid: int, cwd: str | None, environ: tuple,
+                 network_dir: str | None = None) -> _plan.Plan:
     return _plan.make_plan(spec, caller_uid=uid, caller_gid=gid, caller_cwd=cwd,
-                           environ={os.fsdecode(k): os.fsdecode(v) for k, v in environ})
+                           environ={os.fsdecode(k): os.fsdecode(v) for k, v in environ},
+                           network_dir=network_dir)
+
+
+def _hold_network(network: Network) -> None:
+    from . import _network
+
+    _network.hold(network)
+
+
+def _unhold_network(network: Network) -> None:
+    from . import _network
+
+    _network.unhold(network)
+
+
+_spec.NETWORK_HOOKS.update(hold=_hold_network, unhold=_unhold_network)
 
 
 def _environ_key() -> tuple:
@@ -72,14 +89,24 @@ def _environ_key() -> tuple:
     return tuple((os.fsencode(k), os.fsencode(v)) for k, v in os.environ.items())
 
 
-def plan_for(spec: Spec) -> _plan.Plan:
-    """make_plan for the calling process, memoized: a Spec run again costs no replanning."""
+def plan_for(spec: Spec, lease: object = None) -> _plan.Plan:
+    """make_plan for the calling process, memoized: a Spec run again costs no replanning.
+
+    With a network `lease` whose hub has a user namespace of its own, the
+    sandbox's user namespace is made inside the hub's, where the caller is 0.
+    """
     try:
         cwd = os.getcwd()
     except OSError:
         cwd = None
     environ = _environ_key() if spec.env is None else ()
-    return _cached_plan(spec, os.geteuid(), os.getegid(), cwd, environ)
+    if lease is None:
+        return _cached_plan(spec, os.geteuid(), os.getegid(), cwd, environ)
+    if lease.userns_fd >= 0:
+        uid = gid = 0
+    else:
+        uid, gid = os.geteuid(), os.getegid()
+    return _cached_plan(spec, uid, gid, cwd, environ, lease.files)
 
 
 class Sandbox:
@@ -144,7 +171,21 @@ class Sandbox:
             stage, err = _debug_fail
             debug = (_errors.STAGE_NUMBERS[stage], err)
 
-        plan = plan_for(spec)
+        self._lease = self._net = None
+        self.published: list[tuple[str, int, int]] = []
+        if isinstance(spec.network, Network):
+            from . import _network
+
+            self._lease = _network.lease(spec.network, spec.name)
+        self._net = self._lease  # kept after the lease is released: address, errors
+        try:
+            plan = plan_for(spec, self._lease)
+            for entry in spec.publish:
+                _network.publish(self._lease, entry)
+            self.published = self._lease.published if self._lease is not None else []
+        except BaseException:
+            self._release_network()
+            raise
         # What error messages name: the command and the cwd (a parked slot's
         # are those of the request that runs in it, see _unpark).
         self._argv0, self._cwd_shown = plan.argv[0], plan.cwd
@@ -176,7 +217,8 @@ class Sandbox:
             try:
                 self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
                                                       debug_fail=debug, cgroup=self._group,
-                                                      timings=stamps, park_fd=park_fd)
+                                                      timings=stamps, park_fd=park_fd,
+                                                      lease=self._lease)
             finally:
                 if stamps:
                     self._phase_ns.update((i, ns) for i, ns in enumerate(stamps) if ns)
@@ -187,6 +229,7 @@ class Sandbox:
                 self._park_sock.close()
             if self._group is not None:
                 self._remove_group()
+            self._release_network()
             raise
         for fd in child_fds:
             os.close(fd)
@@ -372,6 +415,8 @@ class Sandbox:
             op = plan.mounts[rec.index].origin
         elif rec.stage == _errors.STAGE_NUMBERS["chdir"]:
             op = f"cwd {self._cwd_shown}"
+        elif rec.stage == _errors.STAGE_NUMBERS["network"] and self._net is not None:
+            op = self._net.at_step(rec.index)
         elif rec.stage == _errors.STAGE_NUMBERS["hostname"]:
             op = f"hostname {plan.hostname}"
         elif rec.stage == _errors.STAGE_NUMBERS["root"]:
@@ -487,7 +532,15 @@ class Sandbox:
         except OSError as exc:
             warnings.warn(f"nsbox: {exc}", ResourceWarning, stacklevel=3)
 
+    def _release_network(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            from . import _network
+
+            _network.release(lease)
+
     def _release(self) -> None:
+        self._release_network()
         if self._park_sock is not None:
             self._park_sock.close()
             self._park_sock = None
@@ -702,6 +755,31 @@ class Sandbox:
         if stream is None:
             return None
         return self._decode(b"".join(self._outputs.get(stream, [])))
+
+    # -- network ---------------------------------------------------------------
+
+    @property
+    def address(self):
+        """The sandbox's IPv4 address on its network (an ipaddress.IPv4Address), or None."""
+        return self._net.address if self._net is not None else None
+
+    def connect(self, port: int, timeout: float | None = None):
+        """A socket connected to `port` of the sandbox, from inside its network
+        (no published port needed; works for callers without privilege too)."""
+        from . import _network
+
+        if self._lease is None:
+            if self._net is None:
+                raise ValueError("connect() needs a sandbox on a network (network='NAME')")
+            raise ProcessLookupError(f"sandbox {self.pid} has ended")
+        sock = _network.socket_in(self._lease)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((str(self._lease.address), port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     # -- lifetime --------------------------------------------------------------
 

@@ -7,13 +7,15 @@ at fault.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import posixpath
 
 from ._errors import SpecError
 from ._frozen import Frozen, FrozenInstanceError
 
-__all__ = ["Spec", "Bind", "Tmpfs", "Limits", "NAMESPACES", "NETWORK_MODES", "parse_size",
+__all__ = ["Spec", "Bind", "Tmpfs", "Limits", "Network", "Publish", "NAMESPACES", "NETWORK_MODES",
+           "parse_size",
            "format_size", "make_spec", "FrozenInstanceError"]
 
 NAMESPACES = ("user", "mount", "pid", "uts", "ipc", "net", "cgroup")
@@ -104,6 +106,153 @@ def check_hostname(value: object) -> str:
             "(dot-separated labels of letters, digits and '-', not starting or ending with '-')"
         )
     return value
+
+
+NAME_MAX = 32  # a network's or a sandbox's name: one DNS label, kept short
+DEFAULT_NETWORK = "bridge"
+NETWORK_DOMAIN = "nsbox"  # a sandbox `db` on network `ci` is also `db.ci.nsbox`
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def check_name(value: object, what: str) -> str:
+    """One DNS label in lower case: a-z, 0-9 and '-', not at either end."""
+    if not isinstance(value, str):
+        raise SpecError(f"{what} must be a string, not {type(value).__name__}")
+    if not value:
+        raise SpecError(f"{what} must not be empty")
+    if len(value) > NAME_MAX:
+        raise SpecError(f"{what} is longer than {NAME_MAX} characters: {value[:40]!r}...")
+    if not set(value) <= _NAME_CHARS or value[0] == "-" or value[-1] == "-":
+        raise SpecError(
+            f"{what} {value!r} is not a valid name (lower-case letters, digits and '-', "
+            "not starting or ending with '-')"
+        )
+    if value in NETWORK_MODES:
+        raise SpecError(f"{what} {value!r} is reserved")
+    return value
+
+
+NETWORK_HOOKS: dict = {}
+
+
+class Network(Frozen):
+    """A network sandboxes join (`network=nsbox.Network("ci")`, or just "ci").
+
+    Sandboxes on one network reach each other by address and by name (`db`,
+    or `db.ci.nsbox`); other networks and the host's own services are out of
+    reach unless published. The network exists while some sandbox (or an open
+    `with network:` block) uses it, and is shared by every process of the same
+    user. `subnet` (IPv4, /8 to /24) defaults to the first of 10.88.0.0/16,
+    10.89.0.0/16, ... that no host route overlaps; an explicit subnet that
+    overlaps a host route is refused.
+    """
+
+    __slots__ = ("name", "subnet")
+    name: str
+    subnet: ipaddress.IPv4Network | None
+
+    def __init__(self, name: object = DEFAULT_NETWORK, subnet: object = None):
+        self._set("name", check_name(name, "network name"))
+        if subnet is not None:
+            try:
+                net = ipaddress.IPv4Network(subnet)
+            except (ValueError, TypeError) as exc:
+                raise SpecError(f"subnet {subnet!r} is not an IPv4 network: {exc}") from None
+            if not 8 <= net.prefixlen <= 24:
+                raise SpecError(f"subnet {net} must be between /8 and /24")
+            if net.is_loopback or net.is_multicast or net.is_link_local or net.is_reserved \
+                    or net.is_unspecified or net.network_address.packed[0] == 0:
+                raise SpecError(f"subnet {net} is not for hosts (loopback, multicast, "
+                                "link-local or reserved)")
+            subnet = net
+        self._set("subnet", subnet)
+
+    @property
+    def domain(self) -> str:
+        return f"{self.name}.{NETWORK_DOMAIN}"
+
+    def __enter__(self) -> Network:
+        # The network (its hub, addresses, names) lives while the block runs:
+        # not pure, so the hooks are _process's (registered when nsbox loads).
+        NETWORK_HOOKS["hold"](self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        NETWORK_HOOKS["unhold"](self)
+
+    def describe(self) -> str:
+        return f"network {self.name}" + (f" ({self.subnet})" if self.subnet else "")
+
+
+class Publish(Frozen):
+    """A host port forwarded to a sandbox's port: docker's `-p [ADDR:]HOSTPORT:PORT`.
+
+    `host_port` 0 asks for any free port (see Sandbox.published).
+    """
+
+    __slots__ = ("host_address", "host_port", "port")
+    host_address: str
+    host_port: int
+    port: int
+
+    def __init__(self, host_port: object, port: object, host_address: object = "127.0.0.1"):
+        try:
+            addr = ipaddress.IPv4Address(host_address)
+        except (ValueError, TypeError):
+            raise SpecError(f"publish: {host_address!r} is not an IPv4 address") from None
+        self._set("host_address", str(addr))
+        self._set("host_port", _port(host_port, "publish: host port", allow_zero=True))
+        self._set("port", _port(port, "publish: port", allow_zero=False))
+
+    @classmethod
+    def parse(cls, value: object) -> Publish:
+        """From "[ADDR:]HOSTPORT:PORT", (host_port, port), (addr, host_port, port) or a Publish."""
+        if isinstance(value, Publish):
+            return value
+        if isinstance(value, str):
+            parts = value.split(":")
+            if len(parts) == 2:
+                return cls(_port_text(parts[0]), _port_text(parts[1]))
+            if len(parts) == 3:
+                return cls(_port_text(parts[1]), _port_text(parts[2]), parts[0])
+            raise SpecError(f"publish {value!r} is not [ADDR:]HOSTPORT:PORT")
+        if isinstance(value, (tuple, list)):
+            if len(value) == 2:
+                return cls(value[0], value[1])
+            if len(value) == 3:
+                return cls(value[1], value[2], value[0])
+        raise SpecError(
+            f"publish entries are (host_port, port), (addr, host_port, port) or "
+            f"'[ADDR:]HOSTPORT:PORT', not {value!r}"
+        )
+
+    def describe(self) -> str:
+        return f"publish {self.host_address}:{self.host_port}:{self.port}"
+
+
+def _port_text(text: str) -> object:
+    return int(text) if text.isdigit() else text
+
+
+def _port(value: object, what: str, *, allow_zero: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{what} must be an integer, not {value!r}")
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise SpecError(f"{what} must be between {low} and 65535: {value}")
+    return value
+
+
+def _network(value: object) -> str | Network:
+    if value is None or isinstance(value, Network):
+        return value
+    if isinstance(value, str):
+        if value in NETWORK_MODES:
+            return value
+        return Network(value)  # "bridge" is the default network
+    raise SpecError(
+        f"network must be 'none', 'host', a network's name or an nsbox.Network, not {value!r}"
+    )
 
 
 def check_id(value: object, what: str) -> int:
@@ -437,30 +586,34 @@ class Spec(Frozen):
     """
 
     __slots__ = ("args", "env", "cwd", "pass_fds", "rootfs", "mounts", "network", "hostname",
-                 "uid", "gid", "namespaces", "limits")
+                 "uid", "gid", "namespaces", "limits", "name", "publish")
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...] | None
     cwd: str | None
     pass_fds: tuple[int, ...]
     rootfs: str | None
     mounts: tuple[Mount, ...]
-    network: str
+    network: str | Network
     hostname: str | None
     uid: int | None
     gid: int | None
     namespaces: frozenset[str]
     limits: Limits | None
+    name: str | None
+    publish: tuple[Publish, ...]
 
     def __init__(self, args: object, env: object = None, cwd: object = None,
                  pass_fds: object = (), rootfs: object = None, mounts: object = (),
                  network: object = None, hostname: object = None, uid: object = None,
-                 gid: object = None, namespaces: object = None, limits: object = None):
+                 gid: object = None, namespaces: object = None, limits: object = None,
+                 name: object = None, publish: object = ()):
         set_ = object.__setattr__
-        for name, value in (("args", args), ("env", env), ("cwd", cwd), ("pass_fds", pass_fds),
-                            ("rootfs", rootfs), ("mounts", mounts), ("network", network),
-                            ("hostname", hostname), ("uid", uid), ("gid", gid),
-                            ("namespaces", namespaces), ("limits", limits)):
-            set_(self, name, value)
+        for field, value in (("args", args), ("env", env), ("cwd", cwd), ("pass_fds", pass_fds),
+                             ("rootfs", rootfs), ("mounts", mounts), ("network", network),
+                             ("hostname", hostname), ("uid", uid), ("gid", gid),
+                             ("namespaces", namespaces), ("limits", limits), ("name", name),
+                             ("publish", publish)):
+            set_(self, field, value)
         explicit = self.namespaces
         if isinstance(explicit, str):
             explicit = [v for v in explicit.split(",") if v]
@@ -476,10 +629,8 @@ class Spec(Frozen):
             # Derived: no 'net' among explicit namespaces means the host's network.
             shares = explicit is not None and "net" not in explicit
             set_(self, "network", "host" if shares else "none")
-        if not isinstance(self.network, str) or self.network not in NETWORK_MODES:
-            raise SpecError(
-                f"unknown network mode {self.network!r} (known: {', '.join(NETWORK_MODES)})"
-            )
+        set_(self, "network", _network(self.network))
+        joined = isinstance(self.network, Network)
         set_(self, "args", _args(self.args))
         set_(self, "env", _env(self.env))
         if self.cwd is not None:
@@ -494,8 +645,26 @@ class Spec(Frozen):
             set_(self, "uid", check_id(self.uid, "uid"))
         if self.gid is not None:
             set_(self, "gid", check_id(self.gid, "gid"))
-        ns = _namespaces(self.namespaces, self.network)
+        ns = _namespaces(self.namespaces, "none" if joined else self.network)
         set_(self, "namespaces", ns)
+        if self.name is not None:
+            set_(self, "name", check_name(self.name, "name"))
+        if isinstance(self.publish, (str, Publish)):
+            set_(self, "publish", (self.publish,))
+        try:
+            publish = tuple(Publish.parse(p) for p in self.publish)
+        except TypeError:
+            raise SpecError(f"publish must be a list of ports, not {self.publish!r}") from None
+        set_(self, "publish", publish)
+        if not joined and (self.name is not None or publish):
+            raise SpecError("name and publish need a network (network='NAME' or nsbox.Network)")
+        if joined and "net" not in ns:
+            raise SpecError(f"network={self.network.name!r} needs the 'net' namespace")
+        if joined and "uts" not in ns and self.name is not None and self.hostname is None:
+            pass  # the name resolves; the host name stays the host's
+        hosts = {(p.host_address, p.host_port) for p in publish if p.host_port}
+        if len(hosts) < len([p for p in publish if p.host_port]):
+            raise SpecError("publish names one host port twice")
         if "mount" not in ns and (self.rootfs is not None or self.mounts):
             raise SpecError("rootfs and mounts need the 'mount' namespace")
         if self.hostname is not None and "uts" not in ns:

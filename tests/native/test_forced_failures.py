@@ -32,6 +32,7 @@ STAGES = {
     "pivot-root": ({}, nsbox.MountError, None),
     "hostname": ({"hostname": "box"}, nsbox.SandboxSetupError, "hostname box"),
     "loopback": ({}, nsbox.NetworkSetupError, None),
+    "network": ({"network": "t-forced"}, nsbox.NetworkSetupError, "creating the veth pair"),
     "setid": ({"namespaces": ALL_BUT_USER, "uid": 0, "gid": 0}, nsbox.PrivilegeDropError, None),
     "caps": ({}, nsbox.PrivilegeDropError, None),
     "fds": ({}, nsbox.SandboxSetupError, "stdio and pass_fds"),

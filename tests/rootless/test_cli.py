@@ -93,7 +93,7 @@ BAD = [
     ["--tmpfs", "/scratch:size=lots", "--", "true"],
     ["--tmpfs", "/scratch:nosuchopt=1", "--", "true"],
     ["--tmpfs", "relative", "--", "true"],
-    ["--network", "bridge", "--", "true"],
+    ["--network", "Bridge", "--", "true"],
     ["--uid", "-1", "--", "true"],
     ["--uid", "abc", "--", "true"],
     ["--gid", "-3", "--", "true"],

@@ -142,7 +142,7 @@ INVALID = [
     dict(args=["true"], env={"A": "b\0c"}),
     dict(args=["true"], env={"A=B": "c"}),
     dict(args=["true"], env={"": "c"}),
-    dict(args=["true"], network="bridge"),
+    dict(args=["true"], network="Bridge"),
     dict(args=["true"], uid=-1),
     dict(args=["true"], gid=-5),
     dict(args=["true"], rootfs="relative"),

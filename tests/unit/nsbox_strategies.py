@@ -12,7 +12,17 @@ import posixpath
 
 from hypothesis import strategies as st
 
-from nsbox._spec import MAX_ID, NAMESPACES, NETWORK_MODES, Bind, Limits, Spec, Tmpfs
+from nsbox._spec import (
+    MAX_ID,
+    NAMESPACES,
+    NETWORK_MODES,
+    Bind,
+    Limits,
+    Network,
+    Publish,
+    Spec,
+    Tmpfs,
+)
 
 # -- text ---------------------------------------------------------------------
 
@@ -316,7 +326,32 @@ def hostile_mounts():
 
 @functools.cache
 def hostile_networks():
-    return st.one_of(st.sampled_from([*NETWORK_MODES, "bogus", "", "NONE", "Host"]), junk())
+    return st.one_of(st.sampled_from([*NETWORK_MODES, "bogus", "", "NONE", "Host", "../x",
+                                      "a" * 300, "ünï", "-x", "x-", "a.b"]),
+                     names(), junk())
+
+
+@functools.cache
+def names():
+    """Valid network and sandbox names: one lower-case DNS label."""
+    alnum = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return st.builds(lambda a, mid, b: a + mid + b, st.sampled_from(alnum),
+                     st.text(alnum + "-", max_size=10), st.sampled_from(alnum)
+                     ).filter(lambda n: n not in NETWORK_MODES)
+
+
+@functools.cache
+def hostile_names():
+    return st.one_of(names(), st.sampled_from(["", "../x", "a" * 300, "Upper", "ünï", "-x",
+                                               "x-", "a.b", "a b", "none", "host"]), junk())
+
+
+@functools.cache
+def publishes():
+    port = st.integers(1, 65535)
+    return st.lists(st.builds(Publish, st.integers(1024, 65535), port,
+                              st.sampled_from(["127.0.0.1", "0.0.0.0", "127.0.0.2"])),
+                    max_size=2, unique_by=lambda p: (p.host_address, p.host_port))
 
 
 @functools.cache
@@ -384,7 +419,7 @@ def hostile_limits():
 
 _NON_NET = st.sets(st.sampled_from([n for n in NAMESPACES if n != "net"]))
 _NS_FORM = st.sampled_from(["default", "frozenset", "list", "str"])
-_NETWORK = st.sampled_from(NETWORK_MODES)
+_NETWORK = st.one_of(st.sampled_from(NETWORK_MODES), names())
 _FDS = st.lists(st.integers(0, 1000), max_size=4)
 
 
@@ -396,18 +431,24 @@ def _maybe(strategy):
 @st.composite
 def _specs(draw, cli: bool):
     network = draw(_NETWORK)
+    joined = network not in NETWORK_MODES
     form = draw(_NS_FORM)
     if form == "default":
         namespaces = None
         ns = set(NAMESPACES) - ({"net"} if network == "host" else set())
     else:
-        ns = set(draw(_NON_NET)) | ({"net"} if network == "none" else set())
+        ns = set(draw(_NON_NET)) | ({"net"} if network != "host" else set())
         ordered = [n for n in NAMESPACES if n in ns]
         namespaces = {"frozenset": frozenset(ns), "list": ordered,
                       "str": ",".join(ordered)}[form]
-        if draw(st.booleans()):
+        if not joined and draw(st.booleans()):
             network = None  # derived from the namespaces
     kwargs = {"network": network, "namespaces": namespaces}
+    if joined:
+        if not cli and draw(st.booleans()):
+            kwargs["network"] = Network(network)
+        kwargs["name"] = draw(_maybe(names()))
+        kwargs["publish"] = draw(publishes())
     if "mount" in ns:
         kwargs["mounts"] = draw(mount_lists(cli))
         kwargs["rootfs"] = draw(_maybe(abs_paths(cli)))
@@ -439,6 +480,9 @@ def anything_kwargs():
         "rootfs": hostile_paths(),
         "mounts": hostile_mounts(),
         "network": hostile_networks(),
+        "name": hostile_names(),
+        "publish": st.one_of(publishes(), st.sampled_from(["80", "a:1:2", "1:2:3:4", (0, 0),
+                                                          (70000, 1), "0:80"]), junk()),
         "hostname": hostile_hostnames(),
         "uid": hostile_ids(),
         "gid": hostile_ids(),

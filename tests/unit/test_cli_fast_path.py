@@ -50,4 +50,5 @@ def test_fast_parse_takes_ordinary_argv():
     assert fast_parse(["--hostname", "box", "--bind", "/a:/b", "--", "true"]) is not None
     assert fast_parse(["--help"]) is None
     assert fast_parse(["--hostname"]) is None
-    assert fast_parse(["--network", "bogus", "--", "x"]) is None
+    assert fast_parse(["--network", "bogus", "--", "x"]).network == "bogus"  # a network's name
+    assert fast_parse(["--publish", "0:80", "-p", "1:2", "--", "x"]) is None  # -p: argparse

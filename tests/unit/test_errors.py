@@ -39,6 +39,7 @@ EXPECTED_CLASS = {
     "mount": MountError,
     "pivot-root": MountError,
     "loopback": NetworkSetupError,
+    "network": NetworkSetupError,
     "setid": PrivilegeDropError,
     "caps": PrivilegeDropError,
     "cgroup": LimitError,

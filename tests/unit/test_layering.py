@@ -1,7 +1,7 @@
 """Dependency rules, checked on the source (AST) and in a fresh interpreter.
 
 - only _native imports the cffi module (_nsbox_cffi);
-- only _net imports pyroute2, only _stats psutil, only _supervisor trio
+- only _net imports pyroute2, only _dns dnspython, only _stats psutil, only _supervisor trio
   (enforced for every module, existing or future);
 - the pure modules import only the standard library and each other;
 - _cli does not import trio or pyroute2 at module level, and importing
@@ -24,11 +24,14 @@ PACKAGE_DIR = pathlib.Path(nsbox.__file__).resolve().parent
 EXCLUSIVE = {  # third-party or native module -> the one nsbox module allowed to import it
     "nsbox._nsbox_cffi": "_native",
     "pyroute2": "_net",
+    "dns": "_dns",
     "psutil": "_stats",
     "trio": "_supervisor",
 }
 PURE = {"_spec", "_plan", "_protocol", "_errors", "_frozen"}
-LIGHT = {"_cli": ("trio", "pyroute2")}  # no module-level import of these
+# No module-level import of these: the CLI's start-up, and a process's side of
+# networks (the hub process alone runs netlink and DNS).
+LIGHT = {"_cli": ("trio", "pyroute2", "dns"), "_network": ("pyroute2", "dns")}
 TOOLING = ("bench.",)  # may import EXCLUSIVE's trio/psutil in functions, not at module level
 TOOLING_MAY = ("trio", "psutil")
 
@@ -154,6 +157,10 @@ CHECKER_CASES = [
     ("_cli", "def f():\n    import subprocess\n    from . import _process", False),
     ("_cli", "def f():\n    import trio", True),  # still only _supervisor's
     ("testing.fakes", "import trio", True),
+    ("_dns", "import dns.message", False),
+    ("_hub", "import dns.message", True),
+    ("_network", "import pyroute2", True),
+    ("_spec", "from . import _network", True),
 ]
 
 
@@ -167,7 +174,7 @@ def test_the_checker_catches_violations():
 def test_importing_nsbox_and_the_cli_stays_light():
     code = (
         "import nsbox._cli, nsbox, sys\n"
-        "heavy = [m for m in ('trio', 'pyroute2') if m in sys.modules]\n"
+        "heavy = [m for m in ('trio', 'pyroute2', 'dns') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

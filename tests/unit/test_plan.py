@@ -57,7 +57,8 @@ def test_plan_invariants(spec, ctx):
     assert plan.argv == spec.args
     assert plan.namespaces == spec.namespaces
     assert plan.ns_bits == sum(NS_BITS[n] for n in spec.namespaces)
-    assert plan.hostname == spec.hostname
+    named = spec.name if "uts" in spec.namespaces else None  # a named sandbox: its host name
+    assert plan.hostname == (spec.hostname if spec.hostname is not None else named)
     assert plan.pass_fds == spec.pass_fds
     assert plan.env == (spec.env if spec.env is not None else tuple(ctx["environ"].items()))
     assert plan.root_readonly

@@ -18,6 +18,8 @@ from nsbox._spec import (
     SPEC_OPTIONS,
     Bind,
     FrozenInstanceError,
+    Network,
+    Publish,
     Spec,
     Tmpfs,
     check_hostname,
@@ -64,7 +66,7 @@ def test_valid_specs_are_normalized_and_frozen(spec):
     assert isinstance(spec.mounts, tuple)
     assert spec.env is None or isinstance(spec.env, tuple)
     assert list(spec.pass_fds) == sorted(set(spec.pass_fds)) and all(fd > 2 for fd in spec.pass_fds)
-    assert ("net" in spec.namespaces) == (spec.network == "none")
+    assert ("net" in spec.namespaces) == (spec.network != "host")  # none, or a network
     assert make_spec(spec) is spec
     assert hash(spec) == hash(Spec(**{name: getattr(spec, name)
                                       for name in SPEC_FIELDS}))
@@ -230,10 +232,53 @@ def test_any_size_is_bytes_or_spec_error(value):
 
 
 def test_bad_network():
-    S.each_raises(SpecError, ["bogus", "", "NONE", 1, ["none"]],
+    S.each_raises(SpecError, ["Bogus", "", "NONE", 1, ["none"], "../x", "a" * 300, "ünï", "-a",
+                              "a.b", "a_b"],
                   lambda n: Spec(["true"], network=n))
-    with pytest.raises(SpecError, match="network.*'bogus'"):
-        Spec(["true"], network="bogus")
+    with pytest.raises(SpecError, match="network name 'Bogus'"):
+        Spec(["true"], network="Bogus")
+
+
+def test_a_network_by_name_or_value():
+    assert Spec(["true"], network="ci").network == Network("ci")
+    assert Spec(["true"], network=Network("ci")).network.domain == "ci.nsbox"
+    assert "net" in Spec(["true"], network="ci").namespaces
+    assert Network().name == "bridge" and Spec(["true"], network="bridge").network == Network()
+    assert str(Network("ci", subnet="10.1.2.0/24").subnet) == "10.1.2.0/24"
+    S.each_raises(SpecError, ["10.0.0.0/28", "10.0.0.0/7", "nope", "10.0.0.1/24", "::/64"],
+                  lambda subnet: Network("ci", subnet=subnet))
+    with pytest.raises(SpecError, match="'net' namespace"):
+        Spec(["true"], network="ci", namespaces=["user", "mount"])
+
+
+@given(S.hostile_names())
+def test_names_are_one_lowercase_label(value):
+    got = build(lambda v: Spec(["true"], network="ci", name=v), value)
+    ok = value is None or (isinstance(value, str) and 0 < len(value) <= 32 and value.isascii()
+          and all(c.islower() or c.isdigit() or c == "-" for c in value)
+          and value[0] != "-" and value[-1] != "-" and value not in ("none", "host"))
+    assert (got is not None) == ok, value
+    if got is not None:
+        assert got.name == value
+
+
+def test_name_and_publish_need_a_network():
+    S.each_raises(SpecError, [{"name": "db"}, {"publish": ["0:80"]},
+                              {"name": "db", "network": "host"}],
+                  lambda kw: Spec(["true"], **kw))
+
+
+def test_publish_forms():
+    spec = Spec(["true"], network="ci", publish=["8080:80", (0, 81), ("0.0.0.0", 9, 82),
+                                                 "127.0.0.2:0:83"])
+    assert [(p.host_address, p.host_port, p.port) for p in spec.publish] == [
+        ("127.0.0.1", 8080, 80), ("127.0.0.1", 0, 81), ("0.0.0.0", 9, 82),
+        ("127.0.0.2", 0, 83)]
+    assert Spec(["true"], network="ci", publish="1:2").publish == (Publish(1, 2),)
+    S.each_raises(SpecError, ["80", "a:b", "1:2:3:4", "x.y:1:2", (1,), (1, 0), (70000, 1),
+                              (True, 1), "-1:80", ["8080:80", "8080:81"], 5],
+                  lambda p: Spec(["true"], network="ci",
+                                 publish=p if isinstance(p, list) else [p]))
 
 
 def test_network_and_net_namespace():

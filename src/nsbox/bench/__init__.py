@@ -6,6 +6,7 @@ Parts (`which`; default all):
   warm        through the trio supervisor: from a warm pool and cold, beside nsbox.run and the floor
   throughput  start+exit+reap per second at several concurrencies, against the C floor
   scale       sandboxes held live in steps: memory per sandbox, start latency, teardown
+  wiring      joining a network: cost per start as sandboxes pile up on it, teardown, ip -b
 
 Every part measures its variants side by side in one run; quote ratios (the
 machine is shared and noisy). --quick runs everything in well under a minute
@@ -23,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("latency", "phases", "warm", "throughput", "scale")
+PARTS = ("latency", "phases", "warm", "throughput", "scale", "wiring")
 
 __all__ = ["main", "PARTS"]
 
@@ -66,7 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "in one run.",
         epilog="parts: latency (vs the C floor, unshare, bwrap...), phases (where the time "
                "goes), warm (a warm pool against cold starts), throughput (sandboxes/s by "
-               "concurrency), scale (live sandboxes, memory, teardown)",
+               "concurrency), scale (live sandboxes, memory, teardown), wiring (joining a "
+               "network, against ip -b)",
     )
     p.add_argument("which", nargs="*", choices=[*PARTS, []], metavar="PART",
                    help=f"parts to run: {', '.join(PARTS)} (default: all)")
@@ -129,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             from . import scale
 
             results[part] = scale.run(args.quick, Progress)
+            status |= 1 if results[part].get("leaked") else 0
+        elif part == "wiring":
+            from . import wiring
+
+            results[part] = wiring.run(args.quick, Progress)
             status |= 1 if results[part].get("leaked") else 0
     report = {
         "tool": "python -m nsbox bench",

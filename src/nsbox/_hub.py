@@ -1,0 +1,420 @@
+"""A network's hub: the process that keeps its namespaces, addresses, names and ports.
+
+`python -m nsbox._hub NAME SUBNET|-` (started by _network.py, never by hand).
+
+One hub per network and user, shared by every process of that user that has a
+sandbox on the network (or holds it open): they find it at an abstract unix
+socket in the host's net namespace, `nsbox-net/<uid>/<name>`, which only
+processes of that namespace can reach (sandboxes have their own) and only the
+same user may use (SO_PEERCRED). The hub:
+
+- makes the network's net namespace (inside a user namespace of its own when
+  the user has no privilege) with a bridge whose address is the gateway;
+- hands each client the namespace fds that csrc/net.c wires sandboxes with;
+- leases addresses: one per live sandbox, never two at once, released when the
+  sandbox ends or its process goes (even killed: its connection closes);
+- answers DNS for the sandboxes' names at the gateway (see _dns.py);
+- creates sockets inside the network for `Sandbox.connect`, and forwards the
+  host ports a sandbox publishes (the listening sockets come from the client,
+  bound in the host's namespace);
+- exits as soon as no client is left; its namespaces, bridge and every veth go
+  with it, and it removes its files.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import ipaddress
+import json
+import os
+import selectors
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+from collections import deque
+
+MAX_MESSAGE = 65536
+SUBNET_CANDIDATES = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(88, 128)]
+
+
+def address(uid: int, name: str) -> str:
+    """The abstract socket of the hub of network `name` for user `uid`."""
+    return f"\0nsbox-net/{uid}/{name}"
+
+
+def send(sock: socket.socket, message: dict, fds: list[int] = ()) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(data)
+
+
+def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """One message and the fds it carried; (None, []) at EOF."""
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * 4),
+                                                socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
+            fds.extend(arr)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), fds
+
+
+def _unshare(flags: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _enter_namespaces() -> bool:
+    """A new net namespace: with privilege (root, or root of a user namespace
+    that owns ours) directly, else inside a new user namespace where we are 0.
+    Returns whether the hub has a user namespace of its own."""
+    try:
+        _unshare(os.CLONE_NEWNET if hasattr(os, "CLONE_NEWNET") else 0x40000000)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES):
+            raise
+    uid, gid = os.geteuid(), os.getegid()
+    _unshare(0x10000000 | 0x40000000)  # CLONE_NEWUSER | CLONE_NEWNET
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1\n")
+    _write("/proc/self/gid_map", f"0 {gid} 1\n")
+    return True
+
+
+def _pick_subnet(requested: str) -> ipaddress.IPv4Network:
+    from . import _net
+
+    taken = _net.host_networks()
+    if requested != "-":
+        subnet = ipaddress.IPv4Network(requested)
+        for net in taken:
+            if subnet.overlaps(net):
+                raise ValueError(f"subnet {subnet} overlaps the host's {net}")
+        return subnet
+    for subnet in SUBNET_CANDIDATES:
+        if not any(subnet.overlaps(net) for net in taken):
+            return subnet
+    raise ValueError("every default subnet (10.88.0.0/16 to 10.127.0.0/16) overlaps a host "
+                     "route: give the network a subnet")
+
+
+class Lease:
+    __slots__ = ("id", "client", "name", "address", "host_if", "listeners", "conns")
+
+    def __init__(self, lease_id: int, client: socket.socket, name: str | None,
+                 addr: ipaddress.IPv4Address, host_if: str):
+        self.id = lease_id
+        self.client = client
+        self.name = name
+        self.address = addr
+        self.host_if = host_if
+        self.listeners: list[socket.socket] = []
+        self.conns: set[socket.socket] = set()
+
+
+class Hub:
+    def __init__(self, name: str, subnet: ipaddress.IPv4Network, listener: socket.socket,
+                 own_userns: bool):
+        self.name = name
+        self.domain = f"{name}.nsbox"
+        self.subnet = subnet
+        self.gateway = subnet.network_address + 1
+        self.listener = listener
+        self.own_userns = own_userns
+        self.uid = os.geteuid()
+        hosts = list(subnet.hosts())[1:]  # the first host is the gateway
+        self.free: deque[ipaddress.IPv4Address] = deque(hosts)
+        self.leases: dict[int, Lease] = {}
+        self.names: dict[str, Lease] = {}
+        self.clients: dict[socket.socket, set[int]] = {}
+        self.seq = 0
+        self.lock = threading.Lock()  # leases' conns are touched by forwarding threads
+        self.sel = selectors.DefaultSelector()
+        self.had_client = False
+
+    def setup(self) -> None:
+        from . import _net
+
+        for conf in ("all", "default"):
+            try:
+                _write(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "1")
+            except OSError:
+                pass  # no IPv6 in this kernel
+        self.bridge = _net.setup_hub(self.gateway, self.subnet.prefixlen)
+        self.dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.dns.bind((str(self.gateway), 53))
+        self.dir = tempfile.mkdtemp(prefix=f"nsbx-net-{self.name}-")
+        os.chmod(self.dir, 0o755)
+        _write(os.path.join(self.dir, "resolv.conf"),
+               f"nameserver {self.gateway}\nsearch {self.domain}\noptions ndots:1 timeout:1\n")
+        _write(os.path.join(self.dir, "hosts"),
+               "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        for f in ("resolv.conf", "hosts"):
+            os.chmod(os.path.join(self.dir, f), 0o644)
+        self.ns_fds = [os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
+        if self.own_userns:
+            self.ns_fds.append(os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC))
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> None:
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, self.accept)
+        self.sel.register(self.dns, selectors.EVENT_READ, self.answer_dns)
+        idle_deadline = 10.0  # a starter that never connects does not keep us
+        while True:
+            events = self.sel.select(timeout=idle_deadline if not self.had_client else None)
+            if not events and not self.clients:
+                break
+            for key, _mask in events:
+                key.data(key.fileobj)
+            if self.had_client and not self.clients and not self._drain_backlog():
+                break
+        self.shutdown()
+
+    def _drain_backlog(self) -> bool:
+        """Accept whoever is already queued: a client that connected just as the
+        last one left keeps the hub alive."""
+        while True:
+            try:
+                self.accept(self.listener)
+            except BlockingIOError:
+                return bool(self.clients)
+
+    def shutdown(self) -> None:
+        self.listener.close()  # first: a client arriving now starts a new hub
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os._exit(0)  # forwarding threads end with the process
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            if listener is self.listener:
+                raise
+            return
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        peer_uid = int.from_bytes(creds[4:8], sys.byteorder)
+        if peer_uid != self.uid:
+            conn.close()
+            return
+        hello = {"subnet": str(self.subnet), "gateway": str(self.gateway),
+                 "prefix": self.subnet.prefixlen, "bridge": self.bridge, "files": self.dir,
+                 "domain": self.domain, "userns": self.own_userns}
+        try:
+            send(conn, hello, self.ns_fds)
+        except OSError:
+            conn.close()
+            return
+        self.clients[conn] = set()
+        self.had_client = True
+        self.sel.register(conn, selectors.EVENT_READ, self.serve)
+
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            message, fds = receive(conn)
+        except (OSError, ValueError):
+            message, fds = None, []
+        if message is None:
+            self.sel.unregister(conn)
+            for lease_id in list(self.clients.pop(conn, ())):
+                self.release(lease_id)
+            conn.close()
+            return
+        try:
+            reply, out_fds = self.handle(conn, message, fds)
+        except Exception as exc:  # a bad request must not take the network down
+            reply, out_fds = {"error": f"{type(exc).__name__}: {exc}"}, []
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            send(conn, reply, out_fds)
+        except OSError:
+            pass
+        for fd in out_fds:
+            os.close(fd)
+
+    def handle(self, conn: socket.socket, message: dict, fds: list[int]):
+        op = message.get("op")
+        if op == "lease":
+            return self.lease(conn, message.get("name")), []
+        if op == "release":
+            self.clients[conn].discard(message["lease"])
+            self.release(message["lease"])
+            return {"ok": True}, []
+        if op == "socket":
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            return {"ok": True}, [s.detach()]
+        if op == "publish":
+            lease = self.leases[message["lease"]]
+            listener = socket.socket(fileno=os.dup(fds[0]))
+            listener.setblocking(False)
+            lease.listeners.append(listener)
+            port = message["port"]
+            self.sel.register(listener, selectors.EVENT_READ,
+                              lambda s, lease=lease, port=port: self.forward(s, lease, port))
+            return {"ok": True}, []
+        if op == "status":
+            from . import _net
+
+            return {"leases": len(self.leases), "ports": _net.bridge_ports(self.bridge),
+                    "names": sorted(self.names), "clients": len(self.clients)}, []
+        return {"error": f"unknown request {op!r}"}, []
+
+    def lease(self, conn: socket.socket, name: str | None) -> dict:
+        if name is not None and name in self.names:
+            return {"error": f"name {name!r} is taken on network {self.name!r}",
+                    "kind": "name-taken"}
+        if not self.free:
+            return {"error": f"network {self.name!r} ({self.subnet}) has no free address",
+                    "kind": "full"}
+        addr = self.free.popleft()
+        self.seq += 1
+        lease = Lease(self.seq, conn, name, addr, f"nsbx{self.seq:x}")
+        self.leases[lease.id] = lease
+        self.clients[conn].add(lease.id)
+        if name is not None:
+            self.names[name] = lease
+        return {"ok": True, "lease": lease.id, "address": str(addr), "host_if": lease.host_if}
+
+    def release(self, lease_id: int) -> None:
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return
+        if lease.name is not None and self.names.get(lease.name) is lease:
+            del self.names[lease.name]
+        for listener in lease.listeners:
+            self.sel.unregister(listener)
+            listener.close()
+        with self.lock:
+            conns, lease.conns = lease.conns, set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        # Reused last: the sandbox's veth goes with its namespace, a little later.
+        self.free.append(lease.address)
+
+    def answer_dns(self, sock: socket.socket) -> None:
+        from . import _dns
+
+        try:
+            wire, peer = sock.recvfrom(4096)
+        except OSError:
+            return
+        reply = _dns.answer(wire, self.domain, self._lookup)
+        if reply is not None:
+            try:
+                sock.sendto(reply, peer)
+            except OSError:
+                pass
+
+    def _lookup(self, name: str) -> str | None:
+        lease = self.names.get(name)
+        return str(lease.address) if lease is not None else None
+
+    # -- published ports ----------------------------------------------------------
+
+    def forward(self, listener: socket.socket, lease: Lease, port: int) -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        conn.setblocking(True)
+        threading.Thread(target=self._connect_and_pump, args=(conn, lease, port),
+                         daemon=True).start()
+
+    def _connect_and_pump(self, conn: socket.socket, lease: Lease, port: int) -> None:
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        upstream.settimeout(10)
+        try:
+            upstream.connect((str(lease.address), port))
+        except OSError:
+            upstream.close()
+            conn.close()  # the client sees the connection closed, as with docker
+            return
+        upstream.settimeout(None)
+        with self.lock:
+            lease.conns.update((conn, upstream))
+        other = threading.Thread(target=self._pump, args=(upstream, conn, lease), daemon=True)
+        other.start()
+        self._pump(conn, upstream, lease)
+        other.join()
+        with self.lock:
+            lease.conns.difference_update((conn, upstream))
+        conn.close()
+        upstream.close()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, lease: Lease) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def main(argv: list[str]) -> None:
+    name, requested = argv
+    out = os.fdopen(1, "w", buffering=1)  # one line each, flushed: we leave by os._exit
+    if os.fork():  # the starter reaps this one at once; the hub lives on
+        os._exit(0)
+    os.setsid()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(address(os.geteuid(), name))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            out.write("exists\n")
+            os._exit(0)
+        raise
+    listener.listen(256)
+    try:
+        subnet = _pick_subnet(requested)
+    except ValueError as exc:
+        out.write(f"spec-error {exc}\n")
+        os._exit(1)
+    try:
+        own_userns = _enter_namespaces()
+        hub = Hub(name, subnet, listener, own_userns)
+        hub.setup()
+    except OSError as exc:
+        out.write(f"os-error {exc.errno or 0} {exc}\n")
+        os._exit(1)
+    out.write("ready\n")
+    out.close()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    hub.run()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

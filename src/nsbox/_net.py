@@ -1,0 +1,67 @@
+"""The only importer of pyroute2: what a network's hub asks of netlink.
+
+Used by the hub process (_hub.py), never on a sandbox's start path: each
+sandbox's veth is made by the C core (csrc/net.c) in about a millisecond,
+where a pyroute2 round trip per sandbox costs several.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+BRIDGE = "nsbx-br0"
+
+
+class NetError(OSError):
+    """A netlink request of the hub failed (pyroute2's errors stay in here)."""
+
+
+def host_networks() -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks this namespace routes or has addresses in, but the default route."""
+    out: list[ipaddress.IPv4Network] = []
+    try:
+        with IPRoute() as ipr:
+            for route in ipr.get_routes(family=socket.AF_INET, table=254):
+                dst, plen = route.get_attr("RTA_DST"), route["dst_len"]
+                if dst is not None and plen > 0:
+                    out.append(ipaddress.IPv4Network(f"{dst}/{plen}", strict=False))
+            for addr in ipr.get_addr(family=socket.AF_INET):
+                out.append(ipaddress.IPv4Network(
+                    f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}", strict=False))
+    except NetlinkError as exc:
+        raise NetError(exc.code, f"cannot read the host's routes: {exc}") from None
+    return [n for n in out if not n.is_loopback]
+
+
+def setup_hub(gateway: ipaddress.IPv4Address, prefix: int) -> int:
+    """In this (the hub's fresh) namespace: lo up, the bridge with the gateway's
+    address, up. Returns the bridge's ifindex.
+
+    No STP and no multicast snooping: ports forward at once, and no sandbox's
+    interface takes part in multicast (IPv6 is off in sandboxes).
+    """
+    try:
+        with IPRoute() as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.link("set", index=lo, state="up")
+            ipr.link("add", ifname=BRIDGE, kind="bridge", br_stp_state=0,
+                     br_forward_delay=0, br_mcast_snooping=0)
+            index = ipr.link_lookup(ifname=BRIDGE)[0]
+            ipr.addr("add", index=index, address=str(gateway), prefixlen=prefix)
+            ipr.link("set", index=index, state="up")
+            return index
+    except NetlinkError as exc:
+        raise NetError(exc.code, f"cannot set up the network's bridge: {exc}") from None
+
+
+def bridge_ports(bridge: int) -> int:
+    """How many interfaces are on the bridge (the hub's view of live sandboxes)."""
+    try:
+        with IPRoute() as ipr:
+            return sum(1 for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == bridge)
+    except NetlinkError as exc:
+        raise NetError(exc.code, f"cannot list the bridge's ports: {exc}") from None

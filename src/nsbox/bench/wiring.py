@@ -1,0 +1,148 @@
+"""Network wiring: what joining a network adds to a start, as sandboxes pile up on it.
+
+Sandboxes (all namespaces, a sleeper each) are started onto one network and
+kept live, up to N (10, 100, 1000). Every fifth start is a control: the same
+sandbox without a network, at the same live count, started and killed at
+once. Wiring cost = p50(start with network) - p50(start without), per window
+of starts before each N; a start is the Sandbox call until the command runs.
+Then teardown: every sandbox killed, the time until all are reaped, and until
+the hub's bridge has no port left (the veths go with their namespaces).
+
+Beside it, in the same run: `ip -b` creating the same number of veth pairs
+onto a bridge in one batch, inside a scratch net namespace (`unshare -rn`):
+the kernel's cost of the interfaces alone, without a namespace per peer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+from .latency import percentile
+
+SLEEPER = ["sleep", "1000"]
+CONTROL_EVERY = 5
+
+
+def _ip_batch(n: int) -> float | None:
+    """Seconds per veth pair for `ip -b` making n pairs onto a bridge, or None."""
+    ip, unshare = shutil.which("ip"), shutil.which("unshare")
+    if not ip or not unshare:
+        return None
+
+    def timed(pairs: int) -> float:
+        lines = ["link add nsbxb0 type bridge", "link set nsbxb0 up"]
+        for i in range(pairs):
+            a, b = divmod(i + 2, 256)
+            lines += [f"link add nsbxh{i} type veth peer name nsbxp{i}",
+                      f"link set nsbxh{i} master nsbxb0 up",
+                      f"addr add 10.90.{a}.{b}/16 dev nsbxp{i}",
+                      f"link set nsbxp{i} up"]
+        with tempfile.NamedTemporaryFile("w", suffix=".ip") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            t = time.perf_counter()
+            done = subprocess.run([unshare, "-rn", ip, "-b", f.name], capture_output=True)
+            elapsed = time.perf_counter() - t
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.decode(errors="replace").strip())
+        return elapsed
+
+    try:
+        base = min(timed(0) for _ in range(3))
+        return max(timed(n) - base, 0.0) / n if n else None
+    except (RuntimeError, OSError):
+        return None
+
+
+def run(quick: bool, progress) -> dict:
+    import nsbox
+    from nsbox import _network
+
+    steps = (10, 100) if quick else (10, 100, 1000)
+    net = nsbox.Network(f"nsbx-bench{os.getpid()}")
+    out: dict[str, object] = {"steps": {}, "ip_batch_ms_per_pair": {}}
+    bar = progress("wiring", steps[-1])
+    live: list = []
+    with_net: list[float] = []
+    without: list[float] = []
+    window_start = 0
+    try:
+        with net:
+            for n in steps:
+                while len(live) < n:
+                    if len(with_net) % CONTROL_EVERY == CONTROL_EVERY - 1 and \
+                            len(without) * CONTROL_EVERY < len(with_net):
+                        t = time.perf_counter()
+                        box = nsbox.Sandbox(SLEEPER)
+                        without.append(time.perf_counter() - t)
+                        box.kill()
+                        box.wait()
+                        box.close()
+                    t = time.perf_counter()
+                    live.append(nsbox.Sandbox(SLEEPER, network=net))
+                    with_net.append(time.perf_counter() - t)
+                    bar.step()
+                w = sorted(with_net[window_start:])
+                c = sorted(without[window_start // CONTROL_EVERY:]) or sorted(without)
+                window_start = len(with_net)
+                step = {"live": n, "starts": len(w), "controls": len(c),
+                        "with_network_p50_ms": percentile(w, 0.5) * 1e3,
+                        "with_network_p99_ms": percentile(w, 0.99) * 1e3,
+                        "without_network_p50_ms": percentile(c, 0.5) * 1e3 if c else None}
+                if c:
+                    step["wiring_ms"] = step["with_network_p50_ms"] - step["without_network_p50_ms"]
+                out["steps"][str(n)] = step
+            t = time.perf_counter()
+            for box in live:
+                box.kill()
+            for box in live:
+                box.wait()
+                box.close()
+            reaped = time.perf_counter() - t
+            deadline = time.monotonic() + 60
+            while _network.status(net)["ports"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            gone = time.perf_counter() - t
+            status = _network.status(net)
+            live.clear()
+            out["teardown"] = {"sandboxes": steps[-1], "reaped_s": reaped,
+                               "veths_gone_s": gone, "ports_left": status["ports"],
+                               "leases_left": status["leases"]}
+    finally:
+        for box in live:
+            box.kill()
+            box.wait()
+            box.close()
+        bar.close()
+    for n in steps:
+        per = _ip_batch(n)
+        out["ip_batch_ms_per_pair"][str(n)] = per * 1e3 if per is not None else None
+    out["leaked"] = bool(out.get("teardown", {}).get("ports_left") or
+                         out.get("teardown", {}).get("leases_left"))
+    _print(out)
+    return out
+
+
+def _print(out: dict) -> None:
+    print("\nwiring: starts onto one network as live sandboxes pile up (p50; controls "
+          "without a network at the same live count)")
+    print(f"  {'live':>5s}  {'with net':>9s}  {'p99':>8s}  {'without':>8s}  {'wiring':>8s}  "
+          f"{'ip -b/pair':>10s}")
+    for n, s in out["steps"].items():
+        ipb = out["ip_batch_ms_per_pair"].get(n)
+        wiring = s.get("wiring_ms")
+        print(f"  {s['live']:5d}  {s['with_network_p50_ms']:7.2f}ms  "
+              f"{s['with_network_p99_ms']:6.2f}ms  "
+              + (f"{s['without_network_p50_ms']:6.2f}ms  " if s["without_network_p50_ms"]
+                 else "       -  ")
+              + (f"{wiring:6.2f}ms  " if wiring is not None else "       -  ")
+              + (f"{ipb:8.3f}ms" if ipb is not None else "         -"))
+    td = out.get("teardown")
+    if td:
+        print(f"  teardown of {td['sandboxes']}: all reaped in {td['reaped_s']:.2f} s, "
+              f"every veth gone in {td['veths_gone_s']:.2f} s; left: {td['ports_left']} ports, "
+              f"{td['leases_left']} leases")
