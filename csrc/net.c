@@ -27,6 +27,7 @@
  *   2 open the hub's netlink socket    7 address eth0
  *   3 create the veth pair             8 bring eth0 up
  *   4 open the sandbox's netlink socket 9 add the default route
+ *  10 route the address to its bridge in the hub
  */
 #define _GNU_SOURCE
 #include <linux/futex.h>
@@ -155,6 +156,28 @@ static int wire_veth(const struct nsbox_spec *s, int fd, int pid)
     return nl_talk(fd, &r);
 }
 
+/* A network's sandboxes may sit on several bridges (a bridge takes at most
+ * 1024 ports): the hub routes each address to its own bridge, and answers ARP
+ * across bridges (proxy_arp), so the network stays one subnet. REPLACE: an
+ * address reused from another bridge moves with it. */
+static int route_address(const struct nsbox_spec *s, int fd)
+{
+    struct nl_req r;
+    struct rtmsg rt;
+    memset(&rt, 0, sizeof rt);
+    rt.rtm_family = AF_INET;
+    rt.rtm_dst_len = 32;
+    rt.rtm_table = RT_TABLE_MAIN;
+    rt.rtm_protocol = RTPROT_BOOT;
+    rt.rtm_scope = RT_SCOPE_LINK;
+    rt.rtm_type = RTN_UNICAST;
+    nl_start(&r, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &rt, sizeof rt);
+    nl_put(&r, RTA_DST, &s->net_addr, 4);
+    uint32_t oif = (uint32_t)s->net_bridge;
+    nl_put(&r, RTA_OIF, &oif, 4);
+    return nl_talk(fd, &r);
+}
+
 static void release_child(struct nsbox_ctx *ctx, int32_t go, int index)
 {
     ctx->go_index = index;
@@ -210,10 +233,15 @@ NSBOX_HIDDEN int nsbox_hop_main(void *arg)
     }
     ctx->pid = (int32_t)pid;
 
+    int index = 3;
     int err = s->debug_fail_stage == NSBOX_STAGE_NETWORK ? -s->debug_fail_errno
                                                           : wire_veth(s, (int)nl, (int)pid);
+    if (err == 0) {
+        index = 10;
+        err = route_address(s, (int)nl);
+    }
     RAW(__NR_close, nl, 0, 0, 0, 0, 0);
-    release_child(ctx, err < 0 ? err : 1, 3);
+    release_child(ctx, err < 0 ? err : 1, index);
     /* Stay (and keep the caller asleep) until the child has left our memory. */
     int32_t tid;
     while ((tid = __atomic_load_n(&ctx->child_tid, __ATOMIC_SEQ_CST)) != 0)

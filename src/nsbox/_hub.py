@@ -37,6 +37,9 @@ import threading
 from collections import deque
 
 MAX_MESSAGE = 65536
+# Sandboxes per bridge: a Linux bridge takes at most 1024 ports, so a network
+# spreads over several, routed into one subnet (see Hub.lease). Tests lower it.
+BRIDGE_PORTS = int(os.environ.get("NSBOX_HUB_BRIDGE_PORTS", "1000"))
 SUBNET_CANDIDATES = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(88, 128)]
 
 
@@ -120,11 +123,12 @@ def _pick_subnet(requested: str) -> ipaddress.IPv4Network:
 
 
 class Lease:
-    __slots__ = ("id", "client", "name", "address", "host_if", "listeners", "conns")
+    __slots__ = ("id", "client", "name", "address", "host_if", "shard", "listeners", "conns")
 
     def __init__(self, lease_id: int, client: socket.socket, name: str | None,
-                 addr: ipaddress.IPv4Address, host_if: str):
+                 addr: ipaddress.IPv4Address, host_if: str, shard: int):
         self.id = lease_id
+        self.shard = shard
         self.client = client
         self.name = name
         self.address = addr
@@ -149,6 +153,8 @@ class Hub:
         self.names: dict[str, Lease] = {}
         self.clients: dict[socket.socket, set[int]] = {}
         self.seq = 0
+        self.bridges: list[int] = []  # ifindex per shard
+        self.shard_use: list[int] = []  # live leases per shard
         self.lock = threading.Lock()  # leases' conns are touched by forwarding threads
         self.sel = selectors.DefaultSelector()
         self.had_client = False
@@ -161,7 +167,12 @@ class Hub:
                 _write(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "1")
             except OSError:
                 pass  # no IPv6 in this kernel
-        self.bridge = _net.setup_hub(self.gateway, self.subnet.prefixlen)
+        # Routing between bridges, and ARP answered across them: in the hub's
+        # own namespace, which has no way out.
+        _write("/proc/sys/net/ipv4/ip_forward", "1")
+        _write("/proc/sys/net/ipv4/conf/default/proxy_arp", "1")
+        _net.loopback_up()
+        self.add_shard()
         self.dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.dns.bind((str(self.gateway), 53))
         self.dir = tempfile.mkdtemp(prefix=f"nsbx-net-{self.name}-")
@@ -175,6 +186,14 @@ class Hub:
         self.ns_fds = [os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
         if self.own_userns:
             self.ns_fds.append(os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC))
+
+    def add_shard(self) -> int:
+        from . import _net
+
+        shard = len(self.bridges)
+        self.bridges.append(_net.add_bridge(shard, self.gateway, self.subnet.prefixlen))
+        self.shard_use.append(0)
+        return shard
 
     # -- the loop ----------------------------------------------------------------
 
@@ -220,7 +239,7 @@ class Hub:
             conn.close()
             return
         hello = {"subnet": str(self.subnet), "gateway": str(self.gateway),
-                 "prefix": self.subnet.prefixlen, "bridge": self.bridge, "files": self.dir,
+                 "prefix": self.subnet.prefixlen, "files": self.dir,
                  "domain": self.domain, "userns": self.own_userns}
         try:
             send(conn, hello, self.ns_fds)
@@ -279,8 +298,9 @@ class Hub:
         if op == "status":
             from . import _net
 
-            return {"leases": len(self.leases), "ports": _net.bridge_ports(self.bridge),
-                    "names": sorted(self.names), "clients": len(self.clients)}, []
+            return {"leases": len(self.leases), "ports": _net.bridge_ports(self.bridges),
+                    "bridges": len(self.bridges), "names": sorted(self.names),
+                    "clients": len(self.clients)}, []
         return {"error": f"unknown request {op!r}"}, []
 
     def lease(self, conn: socket.socket, name: str | None) -> dict:
@@ -290,14 +310,19 @@ class Hub:
         if not self.free:
             return {"error": f"network {self.name!r} ({self.subnet}) has no free address",
                     "kind": "full"}
+        shard = next((k for k, n in enumerate(self.shard_use) if n < BRIDGE_PORTS), None)
+        if shard is None:
+            shard = self.add_shard()
         addr = self.free.popleft()
         self.seq += 1
-        lease = Lease(self.seq, conn, name, addr, f"nsbx{self.seq:x}")
+        self.shard_use[shard] += 1
+        lease = Lease(self.seq, conn, name, addr, f"nsbx{self.seq:x}", shard)
         self.leases[lease.id] = lease
         self.clients[conn].add(lease.id)
         if name is not None:
             self.names[name] = lease
-        return {"ok": True, "lease": lease.id, "address": str(addr), "host_if": lease.host_if}
+        return {"ok": True, "lease": lease.id, "address": str(addr), "host_if": lease.host_if,
+                "bridge": self.bridges[shard]}
 
     def release(self, lease_id: int) -> None:
         lease = self.leases.pop(lease_id, None)
@@ -305,6 +330,7 @@ class Hub:
             return
         if lease.name is not None and self.names.get(lease.name) is lease:
             del self.names[lease.name]
+        self.shard_use[lease.shard] -= 1
         for listener in lease.listeners:
             self.sel.unregister(listener)
             listener.close()

@@ -13,7 +13,9 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-BRIDGE = "nsbx-br0"
+
+def bridge_name(shard: int) -> str:
+    return f"nsbx-br{shard}"
 
 
 class NetError(OSError):
@@ -37,31 +39,41 @@ def host_networks() -> list[ipaddress.IPv4Network]:
     return [n for n in out if not n.is_loopback]
 
 
-def setup_hub(gateway: ipaddress.IPv4Address, prefix: int) -> int:
-    """In this (the hub's fresh) namespace: lo up, the bridge with the gateway's
-    address, up. Returns the bridge's ifindex.
+def loopback_up() -> None:
+    try:
+        with IPRoute() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    except NetlinkError as exc:
+        raise NetError(exc.code, f"cannot bring the hub's loopback up: {exc}") from None
+
+
+def add_bridge(shard: int, gateway: ipaddress.IPv4Address, prefix: int) -> int:
+    """In this (the hub's) namespace: bridge number `shard`, up, with the
+    gateway's address: the subnet's on the first bridge (its connected route),
+    /32 on the others (each sandbox's address is routed to its own bridge, see
+    csrc/net.c). Returns the bridge's ifindex.
 
     No STP and no multicast snooping: ports forward at once, and no sandbox's
     interface takes part in multicast (IPv6 is off in sandboxes).
     """
+    name = bridge_name(shard)
     try:
         with IPRoute() as ipr:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.link("set", index=lo, state="up")
-            ipr.link("add", ifname=BRIDGE, kind="bridge", br_stp_state=0,
+            ipr.link("add", ifname=name, kind="bridge", br_stp_state=0,
                      br_forward_delay=0, br_mcast_snooping=0)
-            index = ipr.link_lookup(ifname=BRIDGE)[0]
-            ipr.addr("add", index=index, address=str(gateway), prefixlen=prefix)
+            index = ipr.link_lookup(ifname=name)[0]
+            ipr.addr("add", index=index, address=str(gateway),
+                     prefixlen=prefix if shard == 0 else 32)
             ipr.link("set", index=index, state="up")
             return index
     except NetlinkError as exc:
-        raise NetError(exc.code, f"cannot set up the network's bridge: {exc}") from None
+        raise NetError(exc.code, f"cannot set up the network's bridge {name}: {exc}") from None
 
 
-def bridge_ports(bridge: int) -> int:
-    """How many interfaces are on the bridge (the hub's view of live sandboxes)."""
+def bridge_ports(bridges: list[int]) -> int:
+    """How many interfaces are on the bridges (the hub's view of live sandboxes)."""
     try:
         with IPRoute() as ipr:
-            return sum(1 for link in ipr.get_links() if link.get_attr("IFLA_MASTER") == bridge)
+            return sum(1 for link in ipr.get_links() if link.get_attr("IFLA_MASTER") in bridges)
     except NetlinkError as exc:
         raise NetError(exc.code, f"cannot list the bridge's ports: {exc}") from None

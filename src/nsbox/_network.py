@@ -24,14 +24,14 @@ _STEPS = ("entering the hub's user namespace", "entering the hub's net namespace
           "opening a netlink socket in the hub", "creating the veth pair",
           "opening a netlink socket in the sandbox", "finding eth0",
           "turning IPv6 off on eth0", "addressing eth0", "bringing eth0 up",
-          "adding the default route")
+          "adding the default route", "routing the address to its bridge in the hub")
 
 
 class Lease:
     """One sandbox's place on a network."""
 
     __slots__ = ("hub", "network", "id", "name", "address", "gateway", "prefix", "host_if",
-                 "published", "step")
+                 "bridge", "published", "step")
 
     def __init__(self, hub: _Hub, network: Network, reply: dict, name: str | None):
         self.hub = hub
@@ -42,12 +42,12 @@ class Lease:
         self.gateway = hub.gateway
         self.prefix = hub.prefix
         self.host_if = reply["host_if"]
+        self.bridge = reply["bridge"]  # its shard's bridge (see _hub.Hub.lease)
         self.published: list[tuple[str, int, int]] = []
         self.step = -1
 
     hub_fd = property(lambda self: self.hub.netns_fd)
     userns_fd = property(lambda self: self.hub.userns_fd)
-    bridge = property(lambda self: self.hub.bridge)
     files = property(lambda self: self.hub.files)
 
     def at_step(self, index: int) -> Lease:
@@ -74,7 +74,6 @@ class _Hub:
         self.subnet = ipaddress.IPv4Network(hello["subnet"])
         self.gateway = ipaddress.IPv4Address(hello["gateway"])
         self.prefix = hello["prefix"]
-        self.bridge = hello["bridge"]
         self.files = hello["files"]
         if network.subnet is not None and network.subnet != self.subnet:
             self.close()

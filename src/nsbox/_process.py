@@ -763,19 +763,23 @@ class Sandbox:
         """The sandbox's IPv4 address on its network (an ipaddress.IPv4Address), or None."""
         return self._net.address if self._net is not None else None
 
-    def connect(self, port: int, timeout: float | None = None):
-        """A socket connected to `port` of the sandbox, from inside its network
-        (no published port needed; works for callers without privilege too)."""
+    def _network_socket(self):
+        """An unconnected TCP socket inside the sandbox's network (see connect)."""
         from . import _network
 
         if self._lease is None:
             if self._net is None:
                 raise ValueError("connect() needs a sandbox on a network (network='NAME')")
             raise ProcessLookupError(f"sandbox {self.pid} has ended")
-        sock = _network.socket_in(self._lease)
+        return _network.socket_in(self._lease)
+
+    def connect(self, port: int, timeout: float | None = None):
+        """A socket connected to `port` of the sandbox, from inside its network
+        (no published port needed; works for callers without privilege too)."""
+        sock = self._network_socket()
         try:
             sock.settimeout(timeout)
-            sock.connect((str(self._lease.address), port))
+            sock.connect((str(self._net.address), port))
         except BaseException:
             sock.close()
             raise

@@ -157,6 +157,26 @@ class SupervisedSandbox:
     def stats(self):
         return self._box.stats()
 
+    @property
+    def address(self):
+        """The sandbox's IPv4 address on its network, or None."""
+        return self._box.address
+
+    @property
+    def published(self) -> list[tuple[str, int, int]]:
+        """The host ports published to it: (host address, host port, port)."""
+        return self._box.published
+
+    async def connect(self, port: int) -> trio.SocketStream:
+        """A trio stream connected to `port` of the sandbox, from inside its network."""
+        sock = trio.socket.from_stdlib_socket(self._box._network_socket())
+        try:
+            await sock.connect((str(self.address), port))
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
+
     def send_signal(self, sig: int) -> None:
         self._box.send_signal(sig)
 
@@ -233,6 +253,9 @@ def _pool_key(spec: Spec) -> Spec:
     which each run brings. Specs with pass_fds cannot be pooled."""
     if spec.pass_fds:
         raise _errors.SpecError("a warm pool cannot pass fds (pass_fds) to its sandboxes")
+    if spec.name is not None or spec.publish:
+        raise _errors.SpecError("a warm pool's sandboxes cannot share a name or published "
+                                "ports: start named or publishing sandboxes cold")
     return spec.replace(args=_SLOT_ARGS, env={}, cwd=None)
 
 
@@ -424,7 +447,7 @@ class Supervisor:
     async def _start_warm(self, args: object, options: dict) -> SupervisedSandbox | None:
         """Start in a warm slot of a matching pool; None when there is none ready."""
         spec = make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
-        if spec.pass_fds:
+        if spec.pass_fds or spec.name is not None or spec.publish:
             return None
         pool = self._pools.get(_pool_key(spec))
         slot = pool._take() if pool is not None else None

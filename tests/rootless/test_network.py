@@ -304,3 +304,63 @@ def test_cli_network_name_and_publish(nets):
     r = subprocess.run([sys.executable, "-m", "nsbox", "run", "--network", "Not_OK", "--",
                         "true"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 125 and r.stderr.count("\n") == 1 and "network name" in r.stderr
+
+
+def test_a_network_spans_several_bridges(nets, monkeypatch):
+    """A bridge takes at most 1024 ports: a network spreads over several, one
+    subnet routed by the hub. With 2 ports a bridge, sandboxes on different
+    bridges still reach each other by name."""
+    monkeypatch.setenv("NSBOX_HUB_BRIDGE_PORTS", "2")
+    net = nets()
+    with nsbox.Network(net) as network, server(net, "db") as db, \
+            server(net, "web", port=5001) as web:
+        fillers = [nsbox.Sandbox(["sleep", "30"], network=net) for _ in range(3)]
+        try:
+            for host, port in (("db", 5000), ("web", 5001)):
+                r = client(net, host, port)
+                assert r.returncode == 0, r.stderr
+                assert r.stdout.decode().strip() == f"{host} ping"
+            assert _network.status(network)["bridges"] >= 3
+        finally:
+            for box in (*fillers, db, web):
+                box.kill()
+                box.wait()
+            for box in fillers:
+                box.close()
+
+
+def test_supervisor_sandboxes_on_a_network(nets):
+    """Through the trio supervisor: names, connect as a trio stream, a warm
+    pool whose slots are wired while parked; cancellation releases leases."""
+    import trio
+
+    net = nets()
+
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            db = await sup.start([SANDBOX_PYTHON, "-c", SERVER, "5000"], network=net,
+                                 name="db", stdout=nsbox.PIPE)
+            got = b""
+            while not got.endswith(b"\n"):
+                got += await db.stdout.receive_some(10)
+            assert got == b"up\n"
+            stream = await db.connect(5000)
+            await stream.send_all(b"trio")
+            assert await stream.receive_some(100) == b"db trio"
+            await stream.aclose()
+            pool = sup.pool(["x"], size=2, network=net)
+            with trio.fail_after(30):
+                while pool.ready < 2:
+                    await trio.sleep(0.01)
+            r = await sup.run([SANDBOX_PYTHON, "-c", CLIENT, "db", "5000"], network=net,
+                              capture_output=True)
+            assert r.returncode == 0 and r.stdout.decode().strip() == "db ping"
+            assert pool.taken == 1
+            with pytest.raises(nsbox.SpecError, match="warm pool"):
+                sup.pool(["x"], size=1, network=net, name="n")
+            with trio.move_on_after(0.5):
+                await sup.run(["sleep", "30"], network=net, name="cancelled")
+    with nsbox.Network(net) as network:
+        trio.run(main)
+        # Everything ended: no lease left (the parked slots' included).
+        assert _network.status(network)["leases"] == 0

@@ -14,7 +14,7 @@ import time
 from .latency import percentile
 
 TRUE = "/bin/true"
-NS_SETS = ("all", "user+mnt+pid+uts+ipc", "user", "none")
+NS_SETS = ("all", "all+network", "user+mnt+pid+uts+ipc", "user", "none")
 
 # The caller resumes ("spawned") while nsbox-init starts on another CPU: the
 # two run side by side, so both are measured from the child's last step.
@@ -26,7 +26,7 @@ WHAT = {
     "cgroup": "joining the cgroup (only with cgroup limits)",
     "id_map": "uid/gid maps",
     "mounts": "root tree, /dev, /proc, /tmp, user mounts, pivot_root",
-    "network": "hostname, loopback up",
+    "network": "hostname, loopback up (on a network: the hop's veth awaited, eth0 set up)",
     "privileges": "capability bounding set, no_new_privs, ids",
     "exec_init": "fds, cwd",
     "spawned": "(the caller's side) execveat of nsbox-init until the caller resumes",
@@ -38,8 +38,9 @@ WHAT = {
 
 
 def run(quick: bool, progress) -> dict:
+    import contextlib
+
     import nsbox
-    from nsbox._process import PHASES
 
     from .latency import nsbox_kwargs, parse_ns_set
 
@@ -47,42 +48,56 @@ def run(quick: bool, progress) -> dict:
     sets = NS_SETS[:2] if quick else NS_SETS
     out: dict[str, object] = {"runs": n, "ns_sets": {}}
     bar = progress("phases", n * len(sets) * 2)
+    # "all+network": all namespaces, on a network (kept up for the whole set).
+    network = nsbox.Network("nsbx-bench-phases")
     try:
         for label in sets:
-            kw = nsbox_kwargs(parse_ns_set(label))
-            for _ in range(5):
-                nsbox.run([TRUE], timings=True, **kw)
-            timed: list[dict[str, float]] = []
-            plain: list[float] = []
-            for _ in range(n):
-                order = [True, False]
-                random.shuffle(order)
-                for with_timings in order:
-                    t = time.perf_counter()
-                    r = nsbox.run([TRUE], timings=with_timings, **kw)
-                    elapsed = time.perf_counter() - t
-                    if with_timings:
-                        timed.append(r.timings)
-                    else:
-                        plain.append(elapsed)
-                    bar.step()
-            steps = {}
-            for phase in PHASES[1:]:
-                prev = AFTER.get(phase) or PHASES[PHASES.index(phase) - 1]
-                d = sorted((t[phase] - t[prev]) * 1e3 for t in timed if phase in t and prev in t)
-                if d:
-                    steps[phase] = {"p50_ms": percentile(d, 0.5), "p95_ms": percentile(d, 0.95),
-                                    "p99_ms": percentile(d, 0.99), "what": WHAT.get(phase, "")}
-            totals = sorted(t["reaped"] * 1e3 for t in timed)
-            out["ns_sets"][label] = {
-                "phases": steps,
-                "total_p50_ms": percentile(totals, 0.5),
-                "plain_p50_ms": percentile(sorted(x * 1e3 for x in plain), 0.5),
-            }
+            on_network = label.endswith("+network")
+            kw = nsbox_kwargs(parse_ns_set(label.removesuffix("+network")))
+            held = contextlib.nullcontext()
+            if on_network:
+                kw["network"], held = network, network
+            with held:
+                out["ns_sets"][label] = _measure(kw, n, bar)
     finally:
         bar.close()
     _print(out)
     return out
+
+
+def _measure(kw: dict, n: int, bar) -> dict:
+    import nsbox
+    from nsbox._process import PHASES
+
+    for _ in range(5):
+        nsbox.run([TRUE], timings=True, **kw)
+    timed: list[dict[str, float]] = []
+    plain: list[float] = []
+    for _ in range(n):
+        order = [True, False]
+        random.shuffle(order)
+        for with_timings in order:
+            t = time.perf_counter()
+            r = nsbox.run([TRUE], timings=with_timings, **kw)
+            elapsed = time.perf_counter() - t
+            if with_timings:
+                timed.append(r.timings)
+            else:
+                plain.append(elapsed)
+            bar.step()
+    steps = {}
+    for phase in PHASES[1:]:
+        prev = AFTER.get(phase) or PHASES[PHASES.index(phase) - 1]
+        d = sorted((t[phase] - t[prev]) * 1e3 for t in timed if phase in t and prev in t)
+        if d:
+            steps[phase] = {"p50_ms": percentile(d, 0.5), "p95_ms": percentile(d, 0.95),
+                            "p99_ms": percentile(d, 0.99), "what": WHAT.get(phase, "")}
+    totals = sorted(t["reaped"] * 1e3 for t in timed)
+    return {
+        "phases": steps,
+        "total_p50_ms": percentile(totals, 0.5),
+        "plain_p50_ms": percentile(sorted(x * 1e3 for x in plain), 0.5),
+    }
 
 
 def _print(out: dict) -> None:
