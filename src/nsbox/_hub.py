@@ -1,6 +1,6 @@
 """A network's hub: the process that keeps its namespaces, addresses, names and ports.
 
-`python -m nsbox._hub NAME SUBNET|-` (started by _network.py, never by hand).
+`python -m nsbox._hub NAME SUBNET|- host-route|-` (started by _network.py, never by hand).
 
 One hub per network and user, shared by every process of that user that has a
 sandbox on the network (or holds it open): they find it at an abstract unix
@@ -17,6 +17,7 @@ same user may use (SO_PEERCRED). The hub:
 - creates sockets inside the network for `Sandbox.connect`, and forwards the
   host ports a sandbox publishes (the listening sockets come from the client,
   bound in the host's namespace);
+- with a host route (root only), links the caller's namespace to the bridge;
 - exits as soon as no client is left; its namespaces, bridge and every veth go
   with it, and it removes its files.
 """
@@ -34,6 +35,7 @@ import socket
 import sys
 import tempfile
 import threading
+import zlib
 from collections import deque
 
 MAX_MESSAGE = 65536
@@ -78,6 +80,15 @@ def _unshare(flags: int) -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _setns(fd: int, nstype: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -139,7 +150,7 @@ class Lease:
 
 class Hub:
     def __init__(self, name: str, subnet: ipaddress.IPv4Network, listener: socket.socket,
-                 own_userns: bool):
+                 own_userns: bool, host_fd: int = -1):
         self.name = name
         self.domain = f"{name}.nsbox"
         self.subnet = subnet
@@ -148,6 +159,8 @@ class Hub:
         self.own_userns = own_userns
         self.uid = os.geteuid()
         hosts = list(subnet.hosts())[1:]  # the first host is the gateway
+        self.host_fd = host_fd  # the caller's net namespace, for a host route
+        self.host_address = hosts.pop() if host_fd >= 0 else None  # the last: the host's
         self.free: deque[ipaddress.IPv4Address] = deque(hosts)
         self.leases: dict[int, Lease] = {}
         self.names: dict[str, Lease] = {}
@@ -173,6 +186,8 @@ class Hub:
         _write("/proc/sys/net/ipv4/conf/default/proxy_arp", "1")
         _net.loopback_up()
         self.add_shard()
+        if self.host_fd >= 0:
+            self.route_host()
         self.dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.dns.bind((str(self.gateway), 53))
         self.dir = tempfile.mkdtemp(prefix=f"nsbx-net-{self.name}-")
@@ -186,6 +201,25 @@ class Hub:
         self.ns_fds = [os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
         if self.own_userns:
             self.ns_fds.append(os.open("/proc/self/ns/user", os.O_RDONLY | os.O_CLOEXEC))
+
+    def route_host(self) -> None:
+        """A veth from the bridge to the caller's namespace, where its end gets
+        the subnet's last address (and so the subnet's route). It goes with the
+        hub's namespace: nothing to remove."""
+        from . import _net
+
+        host_if = "nsbx-h" + (self.name if len(self.name) <= 9 else
+                              f"{zlib.crc32(self.name.encode()):08x}")
+        _net.add_host_link(host_if, self.host_fd, self.bridges[0])
+        hub_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        _setns(self.host_fd, 0x40000000)
+        try:
+            _net.address_link(host_if, self.host_address, self.subnet.prefixlen)
+        finally:
+            _setns(hub_fd, 0x40000000)
+            os.close(hub_fd)
+        os.close(self.host_fd)
+        self.host_fd = -1
 
     def add_shard(self) -> int:
         from . import _net
@@ -240,6 +274,7 @@ class Hub:
             return
         hello = {"subnet": str(self.subnet), "gateway": str(self.gateway),
                  "prefix": self.subnet.prefixlen, "files": self.dir,
+                 "host_route": self.host_address is not None,
                  "domain": self.domain, "userns": self.own_userns}
         try:
             send(conn, hello, self.ns_fds)
@@ -408,7 +443,7 @@ class Hub:
 
 
 def main(argv: list[str]) -> None:
-    name, requested = argv
+    name, requested, host_route = argv
     out = os.fdopen(1, "w", buffering=1)  # one line each, flushed: we leave by os._exit
     if os.fork():  # the starter reaps this one at once; the hub lives on
         os._exit(0)
@@ -427,9 +462,16 @@ def main(argv: list[str]) -> None:
     except ValueError as exc:
         out.write(f"spec-error {exc}\n")
         os._exit(1)
+    host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         own_userns = _enter_namespaces()
-        hub = Hub(name, subnet, listener, own_userns)
+        if host_route == "host-route" and own_userns:
+            out.write("spec-error a host route needs root (CAP_NET_ADMIN where the caller is)\n")
+            os._exit(1)
+        if host_route != "host-route":
+            os.close(host_fd)
+            host_fd = -1
+        hub = Hub(name, subnet, listener, own_userns, host_fd)
         hub.setup()
     except OSError as exc:
         out.write(f"os-error {exc.errno or 0} {exc}\n")

@@ -77,3 +77,28 @@ def bridge_ports(bridges: list[int]) -> int:
             return sum(1 for link in ipr.get_links() if link.get_attr("IFLA_MASTER") in bridges)
     except NetlinkError as exc:
         raise NetError(exc.code, f"cannot list the bridge's ports: {exc}") from None
+
+
+def add_host_link(host_if: str, host_ns_fd: int, bridge: int) -> None:
+    """In the hub: a veth whose end `host_if` is in the namespace `host_ns_fd`
+    and whose other end is on the bridge, up."""
+    hub_end = "nsbx-host"
+    try:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=hub_end, kind="veth",
+                     peer={"ifname": host_if, "net_ns_fd": host_ns_fd})
+            index = ipr.link_lookup(ifname=hub_end)[0]
+            ipr.link("set", index=index, master=bridge, state="up")
+    except NetlinkError as exc:
+        raise NetError(exc.code, f"cannot link the host to the network: {exc}") from None
+
+
+def address_link(ifname: str, address: ipaddress.IPv4Address, prefix: int) -> None:
+    """In this namespace: `ifname` up with `address`/`prefix` (and so its route)."""
+    try:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.addr("add", index=index, address=str(address), prefixlen=prefix)
+            ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        raise NetError(exc.code, f"cannot address {ifname}: {exc}") from None

@@ -75,11 +75,11 @@ class _Hub:
         self.gateway = ipaddress.IPv4Address(hello["gateway"])
         self.prefix = hello["prefix"]
         self.files = hello["files"]
-        if network.subnet is not None and network.subnet != self.subnet:
+        self.host_route = hello["host_route"]
+        problem = _mismatch(network, self)
+        if problem:
             self.close()
-            raise _errors.SpecError(
-                f"network {network.name!r} exists with subnet {self.subnet}, not {network.subnet}"
-            )
+            raise _errors.SpecError(problem)
 
     def request(self, message: dict, fds: list[int] = ()) -> tuple[dict, list[int]]:
         with self.lock:
@@ -103,6 +103,15 @@ class _Hub:
         self.netns_fd = self.userns_fd = -1
 
 
+def _mismatch(network: Network, hub: _Hub) -> str | None:
+    """Why `network` is not the one its hub runs (another process made it otherwise)."""
+    if network.subnet is not None and network.subnet != hub.subnet:
+        return f"network {network.name!r} exists with subnet {hub.subnet}, not {network.subnet}"
+    if network.host_route and not hub.host_route:
+        return f"network {network.name!r} exists without a host route"
+    return None
+
+
 _lock = threading.Lock()
 _hubs: dict[str, _Hub] = {}
 
@@ -122,10 +131,8 @@ def _acquire(network: Network) -> _Hub:
         if hub is None:
             hub = _Hub(network)
             _hubs[network.name] = hub
-        elif network.subnet is not None and network.subnet != hub.subnet:
-            raise _errors.SpecError(
-                f"network {network.name!r} exists with subnet {hub.subnet}, not {network.subnet}"
-            )
+        elif _mismatch(network, hub):
+            raise _errors.SpecError(_mismatch(network, hub))
         hub.refs += 1
         return hub
 
@@ -255,7 +262,8 @@ def _start_hub(network: Network) -> None:
     subnet = str(network.subnet) if network.subnet is not None else "-"
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nsbox._hub", network.name, subnet],
+            [sys.executable, "-m", "nsbox._hub", network.name, subnet,
+             "host-route" if network.host_route else "-"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             close_fds=True, start_new_session=True, env=env, cwd="/",
         )

@@ -147,14 +147,18 @@ class Network(Frozen):
     `with network:` block) uses it, and is shared by every process of the same
     user. `subnet` (IPv4, /8 to /24) defaults to the first of 10.88.0.0/16,
     10.89.0.0/16, ... that no host route overlaps; an explicit subnet that
-    overlaps a host route is refused.
+    overlaps a host route is refused. `host_route=True` (root only; never the
+    default) also routes the subnet from the caller's network namespace to the
+    network: an interface `nsbx-h...` there with the subnet's last address.
     """
 
-    __slots__ = ("name", "subnet")
+    __slots__ = ("name", "subnet", "host_route")
     name: str
     subnet: ipaddress.IPv4Network | None
+    host_route: bool
 
-    def __init__(self, name: object = DEFAULT_NETWORK, subnet: object = None):
+    def __init__(self, name: object = DEFAULT_NETWORK, subnet: object = None,
+                 host_route: object = False):
         self._set("name", check_name(name, "network name"))
         if subnet is not None:
             import ipaddress
@@ -171,6 +175,9 @@ class Network(Frozen):
                                 "link-local or reserved)")
             subnet = net
         self._set("subnet", subnet)
+        if not isinstance(host_route, bool):
+            raise SpecError(f"host_route must be True or False, not {host_route!r}")
+        self._set("host_route", host_route)
 
     @property
     def domain(self) -> str:
@@ -186,7 +193,8 @@ class Network(Frozen):
         NETWORK_HOOKS["unhold"](self)
 
     def describe(self) -> str:
-        return f"network {self.name}" + (f" ({self.subnet})" if self.subnet else "")
+        return (f"network {self.name}" + (f" ({self.subnet})" if self.subnet else "")
+                + (", routed from the host" if self.host_route else ""))
 
 
 class Publish(Frozen):

@@ -364,3 +364,11 @@ def test_supervisor_sandboxes_on_a_network(nets):
         trio.run(main)
         # Everything ended: no lease left (the parked slots' included).
         assert _network.status(network)["leases"] == 0
+
+
+def test_host_route_needs_privilege(nets):
+    if os.geteuid() == 0:
+        pytest.skip("root here: tests/root/test_network_host_route.py covers it, in a "
+                    "namespace of its own")
+    with pytest.raises(nsbox.SpecError, match="host route needs root"):
+        nsbox.run(["true"], network=nsbox.Network(nets(), host_route=True))

@@ -148,7 +148,10 @@ def _print(out: dict) -> None:
               + (f"{s['without_network_p50_ms']:6.2f}ms  " if s["without_network_p50_ms"]
                  else "       -  ")
               + (f"{wiring:6.2f}ms  " if wiring is not None else "       -  ")
-              + (f"{ipb:8.3f}ms" if ipb is not None else "         -"))
+              + (f"{ipb:8.3f}ms" if ipb is not None else "    failed"))
+    if any(v is None for v in out["ip_batch_ms_per_pair"].values()):
+        print("  (ip -b fails past 1,024 pairs: a bridge's ports; nsbox spreads a network over "
+              "several bridges)")
     td = out.get("teardown")
     if td:
         print(f"  teardown of {td['sandboxes']}: all reaped in {td['reaped_s']:.2f} s, "
