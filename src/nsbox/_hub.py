@@ -29,12 +29,14 @@ import errno
 import ipaddress
 import json
 import os
+import queue
 import selectors
 import shutil
 import socket
 import sys
 import tempfile
 import threading
+import time
 import zlib
 from collections import deque
 
@@ -42,6 +44,11 @@ MAX_MESSAGE = 65536
 # Sandboxes per bridge: a Linux bridge takes at most 1024 ports, so a network
 # spreads over several, routed into one subnet (see Hub.lease). Tests lower it.
 BRIDGE_PORTS = int(os.environ.get("NSBOX_HUB_BRIDGE_PORTS", "1000"))
+# Ended sandboxes' net namespaces are let go this many at a time while
+# sandboxes are starting on the network (see Hub.pace); all at once otherwise.
+# 0: never hold them (the benchmark's unpaced comparison).
+TEARDOWN_BATCH = int(os.environ.get("NSBOX_HUB_TEARDOWN_BATCH", "32"))
+STARTING_WINDOW = 0.25  # seconds since the last lease during which the network is "starting"
 SUBNET_CANDIDATES = [ipaddress.IPv4Network(f"10.{n}.0.0/16") for n in range(88, 128)]
 
 
@@ -82,6 +89,14 @@ def _unshare(flags: int) -> None:
     if libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _link_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
 
 
 def _setns(fd: int, nstype: int) -> None:
@@ -134,7 +149,8 @@ def _pick_subnet(requested: str) -> ipaddress.IPv4Network:
 
 
 class Lease:
-    __slots__ = ("id", "client", "name", "address", "host_if", "shard", "listeners", "conns")
+    __slots__ = ("id", "client", "name", "address", "host_if", "shard", "listeners", "conns",
+                 "netns")
 
     def __init__(self, lease_id: int, client: socket.socket, name: str | None,
                  addr: ipaddress.IPv4Address, host_if: str, shard: int):
@@ -146,6 +162,7 @@ class Lease:
         self.host_if = host_if
         self.listeners: list[socket.socket] = []
         self.conns: set[socket.socket] = set()
+        self.netns = -1  # the sandbox's net namespace, held (see Hub.pace)
 
 
 class Hub:
@@ -166,9 +183,13 @@ class Hub:
         self.names: dict[str, Lease] = {}
         self.clients: dict[socket.socket, set[int]] = {}
         self.seq = 0
+        self.last_lease = 0.0
         self.bridges: list[int] = []  # ifindex per shard
         self.shard_use: list[int] = []  # live leases per shard
-        self.lock = threading.Lock()  # leases' conns are touched by forwarding threads
+        # Leases' conns are touched by forwarding threads, the free addresses
+        # and the bridges' use by the teardown pacer.
+        self.lock = threading.Lock()
+        self.dying: queue.SimpleQueue[Lease] = queue.SimpleQueue()
         self.sel = selectors.DefaultSelector()
         self.had_client = False
 
@@ -226,12 +247,14 @@ class Hub:
 
         shard = len(self.bridges)
         self.bridges.append(_net.add_bridge(shard, self.gateway, self.subnet.prefixlen))
-        self.shard_use.append(0)
+        if len(self.shard_use) < len(self.bridges):
+            self.shard_use.append(0)
         return shard
 
     # -- the loop ----------------------------------------------------------------
 
     def run(self) -> None:
+        threading.Thread(target=self.pace, name="nsbox-hub-teardown", daemon=True).start()
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, self.accept)
         self.sel.register(self.dns, selectors.EVENT_READ, self.answer_dns)
@@ -303,6 +326,8 @@ class Hub:
         finally:
             for fd in fds:
                 os.close(fd)
+        if reply is None:  # a one-way message
+            return
         try:
             send(conn, reply, out_fds)
         except OSError:
@@ -318,6 +343,14 @@ class Hub:
             self.clients[conn].discard(message["lease"])
             self.release(message["lease"])
             return {"ok": True}, []
+        if op == "hold":  # one way: the sandbox's net namespace, see pace()
+            lease = self.leases.get(message["lease"])
+            if lease is not None and fds and lease.netns < 0 and TEARDOWN_BATCH > 0:
+                try:
+                    lease.netns = os.dup(fds[0])
+                except OSError:
+                    pass  # out of fds: this one is not paced, nothing worse
+            return None, []
         if op == "socket":
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             return {"ok": True}, [s.detach()]
@@ -333,7 +366,12 @@ class Hub:
         if op == "status":
             from . import _net
 
+            if "links" in message:  # which of these hub-side veths still exist
+                return {"present": sum(map(_link_exists, message["links"]))}, []
+            with self.lock:
+                free = len(self.free)
             return {"leases": len(self.leases), "ports": _net.bridge_ports(self.bridges),
+                    "free": free, "dying": self.dying.qsize(),
                     "bridges": len(self.bridges), "names": sorted(self.names),
                     "clients": len(self.clients)}, []
         return {"error": f"unknown request {op!r}"}, []
@@ -342,15 +380,22 @@ class Hub:
         if name is not None and name in self.names:
             return {"error": f"name {name!r} is taken on network {self.name!r}",
                     "kind": "name-taken"}
-        if not self.free:
+        self.last_lease = time.monotonic()
+        with self.lock:
+            full = not self.free
+        if full:
             return {"error": f"network {self.name!r} ({self.subnet}) has no free address",
                     "kind": "full"}
-        shard = next((k for k, n in enumerate(self.shard_use) if n < BRIDGE_PORTS), None)
-        if shard is None:
-            shard = self.add_shard()
-        addr = self.free.popleft()
+        with self.lock:
+            shard = next((k for k, n in enumerate(self.shard_use) if n < BRIDGE_PORTS), None)
+            if shard is None:
+                shard = len(self.shard_use)
+                self.shard_use.append(0)
+            addr = self.free.popleft()
+            self.shard_use[shard] += 1
+        if shard == len(self.bridges):
+            self.add_shard()
         self.seq += 1
-        self.shard_use[shard] += 1
         lease = Lease(self.seq, conn, name, addr, f"nsbx{self.seq:x}", shard)
         self.leases[lease.id] = lease
         self.clients[conn].add(lease.id)
@@ -365,7 +410,6 @@ class Hub:
             return
         if lease.name is not None and self.names.get(lease.name) is lease:
             del self.names[lease.name]
-        self.shard_use[lease.shard] -= 1
         for listener in lease.listeners:
             self.sel.unregister(listener)
             listener.close()
@@ -376,8 +420,54 @@ class Hub:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        # Reused last: the sandbox's veth goes with its namespace, a little later.
-        self.free.append(lease.address)
+        if lease.netns >= 0:
+            self.dying.put(lease)
+        else:
+            self.recycle(lease)
+
+    def recycle(self, lease: Lease) -> None:
+        """The lease's address and bridge port are free again (its address is
+        reused last: the sandbox's veth goes with its namespace, a little later)."""
+        with self.lock:
+            self.shard_use[lease.shard] -= 1
+            self.free.append(lease.address)
+
+    def pace(self) -> None:
+        """Let ended sandboxes' net namespaces go a batch at a time.
+
+        The kernel destroys net namespaces in batches: all those dead when its
+        cleanup runs, every device of them unregistered under one hold of the
+        rtnl lock, which every new net namespace (and veth) also needs. Ending
+        thousands of sandboxes at once stalls every start on the machine for
+        seconds. The hub holds each sandbox's namespace (the client sends it at
+        start). While sandboxes are starting on the network, it lets
+        TEARDOWN_BATCH go at a time, the next batch once the kernel has removed
+        the last one's veths: each stall stays short, the whole takes longer
+        (each kernel cleanup costs RCU grace periods, whatever its size; under
+        a load of starts the kernel's teardown rate is the limit either way:
+        larger batches measured no faster, only longer stalls). An address is
+        reused only once its veth is gone. When nothing is starting, everything
+        queued goes at once: the fastest teardown.
+        """
+        while True:
+            batch = [self.dying.get()]
+            starting = time.monotonic() - self.last_lease < STARTING_WINDOW
+            while not starting or len(batch) < TEARDOWN_BATCH:
+                try:
+                    batch.append(self.dying.get_nowait())
+                except queue.Empty:
+                    break
+            for lease in batch:
+                os.close(lease.netns)
+                lease.netns = -1
+            deadline = time.monotonic() + 10
+            pending = batch
+            while pending and time.monotonic() < deadline:
+                pending = [lease for lease in pending if _link_exists(lease.host_if)]
+                if pending:
+                    time.sleep(0.002)
+            for lease in batch:
+                self.recycle(lease)
 
     def answer_dns(self, sock: socket.socket) -> None:
         from . import _dns
@@ -476,6 +566,11 @@ def main(argv: list[str]) -> None:
     except OSError as exc:
         out.write(f"os-error {exc.errno or 0} {exc}\n")
         os._exit(1)
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # an fd per live sandbox (see Hub.pace)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     out.write("ready\n")
     out.close()
     devnull = os.open(os.devnull, os.O_RDWR)

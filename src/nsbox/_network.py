@@ -173,6 +173,23 @@ def lease(network: Network, name: str | None) -> Lease:
         raise
 
 
+def hold_namespace(lease: Lease, pid: int) -> None:
+    """Hand the started sandbox's net namespace to the hub, which lets it go
+    at a pace the kernel keeps up with once the sandbox ends (see _hub.Hub.pace).
+    Best effort: a sandbox that already died is simply not held."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        with lease.hub.lock:
+            _hub.send(lease.hub.sock, {"op": "hold", "lease": lease.id}, [fd])
+    except OSError:
+        pass  # the hub is gone: the next request says so
+    finally:
+        os.close(fd)
+
+
 def release(lease: Lease) -> None:
     """The sandbox has ended: its address, name and published ports go back."""
     try:
@@ -221,11 +238,13 @@ def socket_in(lease: Lease) -> socket.socket:
     return socket.socket(fileno=fds[0])
 
 
-def status(network: Network) -> dict:
-    """The hub's own account: live leases, ports on its bridge, names, clients."""
+def status(network: Network, links: list[str] | None = None) -> dict:
+    """The hub's own account: live leases, ports on its bridges, free addresses,
+    namespaces waiting to go, names, clients; with `links` (hub ends of veths,
+    Lease.host_if), how many of them still exist."""
     hub = _acquire(network)
     try:
-        return hub.request({"op": "status"})[0]
+        return hub.request({"op": "status", **({"links": links} if links else {})})[0]
     finally:
         _drop(hub)
 

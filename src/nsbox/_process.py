@@ -233,6 +233,8 @@ class Sandbox:
             raise
         for fd in child_fds:
             os.close(fd)
+        if self._lease is not None:
+            _network.hold_namespace(self._lease, self.pid)
         if self._group is not None:
             self._group.close_fds()
         self._report_fd = rfd

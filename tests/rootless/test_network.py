@@ -372,3 +372,29 @@ def test_host_route_needs_privilege(nets):
                     "namespace of its own")
     with pytest.raises(nsbox.SpecError, match="host route needs root"):
         nsbox.run(["true"], network=nsbox.Network(nets(), host_route=True))
+
+
+def test_ended_namespaces_are_let_go_in_batches_while_others_start(nets, monkeypatch):
+    """The hub holds each sandbox's net namespace and, while sandboxes start on
+    the network, lets them go a few at a time (so the kernel's teardown never
+    holds every start for long); every address comes back once its veth is gone."""
+    monkeypatch.setenv("NSBOX_HUB_TEARDOWN_BATCH", "2")
+    net = nets()
+    with nsbox.Network(net) as network:
+        free = _network.status(network)["free"]
+        boxes = [nsbox.Sandbox(["sleep", "30"], network=net) for _ in range(12)]
+        assert _network.status(network)["free"] == free - 12
+        for box in boxes:
+            box.kill()
+        for box in boxes:
+            assert nsbox.run(["true"], network=net).returncode == 0  # starting meanwhile
+            box.wait()
+            box.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status = _network.status(network)
+            if status["ports"] == 0 and status["free"] == free:
+                break
+            time.sleep(0.05)
+        assert (status["ports"], status["free"], status["dying"], status["leases"]) == \
+            (0, free, 0, 0)

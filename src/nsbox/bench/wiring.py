@@ -6,8 +6,10 @@ fifth start is a control: the same sandbox without a network, at the same
 live count, started and killed at once. Wiring cost = p50(start with
 network) - p50(start without), per window of starts before each N; a start
 is the Sandbox call until the command runs.
-Then teardown: every sandbox killed, the time until all are reaped, and until
-the hub's bridge has no port left (the veths go with their namespaces).
+Then teardown: half the sandboxes killed while new ones keep starting (their
+latency: the hub lets the ended namespaces go in batches, see _hub.Hub.pace),
+then the other half with nothing starting; the time until all are reaped, and
+until the hub's bridge has no port left (the veths go with their namespaces).
 
 Beside it, in the same run: `ip -b` creating the same number of veth pairs
 onto a bridge in one batch, inside a scratch net namespace (`unshare -rn`):
@@ -59,6 +61,38 @@ def _ip_batch(n: int) -> float | None:
         return None
 
 
+def _starts_during_teardown(net, ending: list) -> dict:
+    """Kill `ending`, start `true` on `net` one after another until their veths
+    are gone; the latencies of those starts. Closes `ending`."""
+    import nsbox
+    from nsbox import _network
+
+    links = [box._net.host_if for box in ending]
+    t = time.perf_counter()
+    for box in ending:
+        box.kill()
+    during: list[float] = []
+    reaped = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        s0 = time.perf_counter()
+        nsbox.run(["true"], network=net)
+        during.append(time.perf_counter() - s0)
+        if reaped is None and all(box.poll() is not None for box in ending):
+            reaped = time.perf_counter() - t
+        if reaped is not None and len(during) % 10 == 0 and \
+                not _network.status(net, links)["present"]:
+            break
+    gone = time.perf_counter() - t
+    for box in ending:
+        box.wait()
+        box.close()
+    d = sorted(during)
+    return {"ending": len(ending), "starts": len(d), "p50_ms": percentile(d, 0.5) * 1e3,
+            "p99_ms": percentile(d, 0.99) * 1e3, "max_ms": d[-1] * 1e3, "reaped_s": reaped,
+            "veths_gone_s": gone}
+
+
 def run(quick: bool, progress) -> dict:
     import resource
 
@@ -104,6 +138,32 @@ def run(quick: bool, progress) -> dict:
                 if c:
                     step["wiring_ms"] = step["with_network_p50_ms"] - step["without_network_p50_ms"]
                 out["steps"][str(n)] = step
+            # Half the sandboxes end while new ones keep starting (the hub then
+            # lets their namespaces go in batches); the same beside it on a
+            # network whose hub does not pace; then the rest end with nothing
+            # starting (all at once).
+            half, rest = live[: len(live) // 2], live[len(live) // 2:]
+            out["starts_during_teardown"] = _starts_during_teardown(net, half)
+            unpaced = nsbox.Network(f"nsbx-bench-np{os.getpid()}")
+            os.environ["NSBOX_HUB_TEARDOWN_BATCH"] = "0"  # read by its hub as it starts
+            try:
+                with unpaced:
+                    os.environ.pop("NSBOX_HUB_TEARDOWN_BATCH")
+                    others = []
+                    try:
+                        for _ in range(len(half)):
+                            others.append(nsbox.Sandbox(SLEEPER, network=unpaced))
+                    except BaseException:
+                        for box in others:
+                            box.kill()
+                            box.wait()
+                            box.close()
+                        raise
+                    out["starts_during_teardown_unpaced"] = _starts_during_teardown(unpaced,
+                                                                                    others)
+            finally:
+                os.environ.pop("NSBOX_HUB_TEARDOWN_BATCH", None)
+            live = rest
             t = time.perf_counter()
             for box in live:
                 box.kill()
@@ -116,10 +176,10 @@ def run(quick: bool, progress) -> dict:
                 time.sleep(0.01)
             gone = time.perf_counter() - t
             status = _network.status(net)
-            live.clear()
-            out["teardown"] = {"sandboxes": steps[-1], "reaped_s": reaped,
+            out["teardown"] = {"sandboxes": len(live), "reaped_s": reaped,
                                "veths_gone_s": gone, "ports_left": status["ports"],
                                "leases_left": status["leases"]}
+            live = []
     finally:
         for box in live:
             box.kill()
@@ -152,8 +212,16 @@ def _print(out: dict) -> None:
     if any(v is None for v in out["ip_batch_ms_per_pair"].values()):
         print("  (ip -b fails past 1,024 pairs: a bridge's ports; nsbox spreads a network over "
               "several bridges)")
+    for key, how in (("starts_during_teardown", "namespaces let go in batches"),
+                     ("starts_during_teardown_unpaced", "a hub that does not pace: all at once")):
+        sd = out.get(key)
+        if sd:
+            print(f"  {sd['ending']} ending while others start ({how}): {sd['starts']} starts "
+                  f"meanwhile, p50 {sd['p50_ms']:.1f} ms, p99 {sd['p99_ms']:.1f} ms, max "
+                  f"{sd['max_ms']:.0f} ms; reaped in {sd['reaped_s'] or 0:.2f} s, veths gone in "
+                  f"{sd['veths_gone_s']:.2f} s")
     td = out.get("teardown")
     if td:
-        print(f"  teardown of {td['sandboxes']}: all reaped in {td['reaped_s']:.2f} s, "
-              f"every veth gone in {td['veths_gone_s']:.2f} s; left: {td['ports_left']} ports, "
-              f"{td['leases_left']} leases")
+        print(f"  teardown of {td['sandboxes']} (nothing starting): all reaped in "
+              f"{td['reaped_s']:.2f} s, every veth gone in {td['veths_gone_s']:.2f} s; "
+              f"left: {td['ports_left']} ports, {td['leases_left']} leases")
