@@ -160,22 +160,32 @@ static int wire_veth(const struct nsbox_spec *s, int fd, int pid)
  * 1024 ports): the hub routes each address to its own bridge, and answers ARP
  * across bridges (proxy_arp), so the network stays one subnet. REPLACE: an
  * address reused from another bridge moves with it. */
-static int route_address(const struct nsbox_spec *s, int fd)
+/* An IPv4 route in the main table: to dst/dst_len (NULL: default) through
+ * gateway (NULL: on the link) out of oif. */
+static int add_route(int fd, int flags, const uint32_t *dst, unsigned dst_len,
+                     const uint32_t *gateway, uint32_t oif)
 {
     struct nl_req r;
     struct rtmsg rt;
     memset(&rt, 0, sizeof rt);
     rt.rtm_family = AF_INET;
-    rt.rtm_dst_len = 32;
+    rt.rtm_dst_len = (unsigned char)dst_len;
     rt.rtm_table = RT_TABLE_MAIN;
     rt.rtm_protocol = RTPROT_BOOT;
-    rt.rtm_scope = RT_SCOPE_LINK;
+    rt.rtm_scope = gateway ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK;
     rt.rtm_type = RTN_UNICAST;
-    nl_start(&r, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &rt, sizeof rt);
-    nl_put(&r, RTA_DST, &s->net_addr, 4);
-    uint32_t oif = (uint32_t)s->net_bridge;
+    nl_start(&r, RTM_NEWROUTE, NLM_F_CREATE | flags, &rt, sizeof rt);
+    if (dst)
+        nl_put(&r, RTA_DST, dst, 4);
+    if (gateway)
+        nl_put(&r, RTA_GATEWAY, gateway, 4);
     nl_put(&r, RTA_OIF, &oif, 4);
     return nl_talk(fd, &r);
+}
+
+static int route_address(const struct nsbox_spec *s, int fd)
+{
+    return add_route(fd, NLM_F_REPLACE, &s->net_addr, 32, NULL, (uint32_t)s->net_bridge);
 }
 
 static void release_child(struct nsbox_ctx *ctx, int32_t go, int index)
@@ -307,19 +317,8 @@ NSBOX_HIDDEN int nsbox_net_inside(const struct nsbox_spec *s, int *index)
     if ((err = -nl_talk((int)fd, &r)))
         goto out;
 
-    struct rtmsg rt;
-    memset(&rt, 0, sizeof rt);
-    rt.rtm_family = AF_INET;
-    rt.rtm_table = RT_TABLE_MAIN;
-    rt.rtm_protocol = RTPROT_BOOT;
-    rt.rtm_scope = RT_SCOPE_UNIVERSE;
-    rt.rtm_type = RTN_UNICAST;
     *index = 9;
-    nl_start(&r, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &rt, sizeof rt);
-    nl_put(&r, RTA_GATEWAY, &s->net_gateway, 4);
-    uint32_t oif = (uint32_t)ifindex;
-    nl_put(&r, RTA_OIF, &oif, 4);
-    err = -nl_talk((int)fd, &r);
+    err = -add_route((int)fd, NLM_F_EXCL, NULL, 0, &s->net_gateway, (uint32_t)ifindex);
 out:
     RAW(__NR_close, fd, 0, 0, 0, 0, 0);
     return err;

@@ -70,11 +70,15 @@ def add_bridge(shard: int, gateway: ipaddress.IPv4Address, prefix: int) -> int:
         raise NetError(exc.code, f"cannot set up the network's bridge {name}: {exc}") from None
 
 
+HOST_LINK = "nsbx-host"  # the hub's end of a host route's veth (see add_host_link)
+
+
 def bridge_ports(bridges: list[int]) -> int:
-    """How many interfaces are on the bridges (the hub's view of live sandboxes)."""
+    """How many sandboxes' veths are on the bridges (the hub's view of live sandboxes)."""
     try:
         with IPRoute() as ipr:
-            return sum(1 for link in ipr.get_links() if link.get_attr("IFLA_MASTER") in bridges)
+            return sum(1 for link in ipr.get_links() if link.get_attr("IFLA_MASTER") in bridges
+                       and link.get_attr("IFLA_IFNAME") != HOST_LINK)
     except NetlinkError as exc:
         raise NetError(exc.code, f"cannot list the bridge's ports: {exc}") from None
 
@@ -82,7 +86,7 @@ def bridge_ports(bridges: list[int]) -> int:
 def add_host_link(host_if: str, host_ns_fd: int, bridge: int) -> None:
     """In the hub: a veth whose end `host_if` is in the namespace `host_ns_fd`
     and whose other end is on the bridge, up."""
-    hub_end = "nsbx-host"
+    hub_end = HOST_LINK
     try:
         with IPRoute() as ipr:
             ipr.link("add", ifname=hub_end, kind="veth",
