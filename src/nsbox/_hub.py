@@ -41,6 +41,7 @@ import zlib
 from collections import deque
 
 MAX_MESSAGE = 65536
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000  # os has them only from Python 3.12
 # Sandboxes per bridge: a Linux bridge takes at most 1024 ports, so a network
 # spreads over several, routed into one subnet (see Hub.lease). Tests lower it.
 BRIDGE_PORTS = int(os.environ.get("NSBOX_HUB_BRIDGE_PORTS", "1000"))
@@ -118,13 +119,13 @@ def _enter_namespaces() -> bool:
     that owns ours) directly, else inside a new user namespace where we are 0.
     Returns whether the hub has a user namespace of its own."""
     try:
-        _unshare(os.CLONE_NEWNET if hasattr(os, "CLONE_NEWNET") else 0x40000000)
+        _unshare(CLONE_NEWNET)
         return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EACCES):
             raise
     uid, gid = os.geteuid(), os.getegid()
-    _unshare(0x10000000 | 0x40000000)  # CLONE_NEWUSER | CLONE_NEWNET
+    _unshare(CLONE_NEWUSER | CLONE_NEWNET)
     _write("/proc/self/setgroups", "deny")
     _write("/proc/self/uid_map", f"0 {uid} 1\n")
     _write("/proc/self/gid_map", f"0 {gid} 1\n")
@@ -233,11 +234,11 @@ class Hub:
                               f"{zlib.crc32(self.name.encode()):08x}")
         _net.add_host_link(host_if, self.host_fd, self.bridges[0])
         hub_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        _setns(self.host_fd, 0x40000000)
+        _setns(self.host_fd, CLONE_NEWNET)
         try:
             _net.address_link(host_if, self.host_address, self.subnet.prefixlen)
         finally:
-            _setns(hub_fd, 0x40000000)
+            _setns(hub_fd, CLONE_NEWNET)
             os.close(hub_fd)
         os.close(self.host_fd)
         self.host_fd = -1

@@ -675,8 +675,6 @@ class Spec(Frozen):
             raise SpecError("name and publish need a network (network='NAME' or nsbox.Network)")
         if joined and "net" not in ns:
             raise SpecError(f"network={self.network.name!r} needs the 'net' namespace")
-        if joined and "uts" not in ns and self.name is not None and self.hostname is None:
-            pass  # the name resolves; the host name stays the host's
         hosts = {(p.host_address, p.host_port) for p in publish if p.host_port}
         if len(hosts) < len([p for p in publish if p.host_port]):
             raise SpecError("publish names one host port twice")
