@@ -560,6 +560,80 @@ def _run(argv: list[str]) -> int:
             signal.signal(sig, handler)
 
 
+SERVE_DESCRIPTION = """\
+Route HTTP requests to sandboxed environments made on demand from the
+configuration's template: by the X-Env-Id header, the host name <id>.<domain>,
+or the path /env/<id>/ (stripped). A control API under /_nsbox/ (health, envs)
+needs the token printed at start (or --token, or NSBOX_SERVE_TOKEN). SIGTERM
+or SIGINT: no new connections, requests in flight finish (shutdown_timeout),
+every environment stops.
+"""
+
+
+def _serve(argv: list[str]) -> int:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):
+            raise CliError(message)
+
+    parser = Parser(prog="python -m nsbox serve", description=SERVE_DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", metavar="FILE", required=True,
+                        help="the TOML configuration ([serve] and [template] tables)")
+    parser.add_argument("--listen", metavar="ADDR:PORT",
+                        help="where to listen (default: serve.listen, else 127.0.0.1:8080; "
+                             "port 0 picks a free one)")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", metavar="TOKEN",
+                      help="the control API's token (default: serve.token, "
+                           "$NSBOX_SERVE_TOKEN, else a new one, printed)")
+    auth.add_argument("--no-auth", action="store_true",
+                      help="the control API needs no token (anyone who can connect controls it)")
+    try:
+        args = parser.parse_args(argv)
+    except CliError as exc:
+        _err(str(exc))
+        return EXIT_NSBOX
+    import dataclasses
+    import secrets
+
+    from ._errors import SpecError
+    from ._serve_config import check_token, load_config, parse_listen
+
+    try:
+        config = load_config(args.config)
+        if args.listen is not None:
+            config = dataclasses.replace(config, listen=parse_listen(args.listen))
+        token = args.token or config.token or os.environ.get("NSBOX_SERVE_TOKEN")
+        if token is not None:
+            token = check_token(token)
+    except SpecError as exc:
+        _err(str(exc))
+        return EXIT_NSBOX
+    from . import _serve
+
+    if args.no_auth or not config.auth:
+        token = None
+    elif token is None:
+        token = secrets.token_urlsafe(24)
+        _serve.log(f"control API token: {token}")
+
+    def ready(addr: str, port: int) -> None:
+        shown = f"[{addr}]" if ":" in addr else addr
+        _serve.log(f"listening on http://{shown}:{port}/ (routing by X-Env-Id, "
+             f"<id>.{config.domain}, /env/<id>/; control API at /_nsbox/"
+             f"{'' if token else ', no token'})")
+
+    try:
+        _serve.main(config, token=token, ready=ready)
+    except OSError as exc:
+        _err(f"serve: cannot listen on {config.listen[0]}:{config.listen[1]}: "
+             f"{exc.strerror or exc}")
+        return EXIT_NSBOX
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
@@ -584,9 +658,14 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.code) if isinstance(exc.code, int) else EXIT_NSBOX
         except KeyboardInterrupt:
             return 128 + signal.SIGINT
+    if argv[0] == "serve":
+        try:
+            return _serve(argv[1:])
+        except SystemExit as exc:  # --help
+            return int(exc.code) if isinstance(exc.code, int) else EXIT_NSBOX
     if argv[0] != "run":
         _err(f"unknown command {argv[0]!r} (try: python -m nsbox run --help, "
-             "python -m nsbox bench --help)")
+             "python -m nsbox serve --help, python -m nsbox bench --help)")
         return EXIT_NSBOX
     try:
         return _run(argv[1:])

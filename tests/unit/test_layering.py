@@ -1,8 +1,9 @@
 """Dependency rules, checked on the source (AST) and in a fresh interpreter.
 
 - only _native imports the cffi module (_nsbox_cffi);
-- only _net imports pyroute2, only _dns dnspython, only _stats psutil, only _supervisor trio
-  (enforced for every module, existing or future);
+- only _net imports pyroute2, only _dns dnspython, only _stats psutil, only _serve h11, and
+  trio only _supervisor and _serve (the router, built on the supervisor) (enforced for every
+  module, existing or future);
 - the pure modules import only the standard library and each other;
 - _cli does not import trio or pyroute2 at module level, and importing
   nsbox and nsbox._cli loads neither;
@@ -26,12 +27,13 @@ EXCLUSIVE = {  # third-party or native module -> the one nsbox module allowed to
     "pyroute2": "_net",
     "dns": "_dns",
     "psutil": "_stats",
-    "trio": "_supervisor",
+    "trio": ("_supervisor", "_serve"),
+    "h11": "_serve",
 }
-PURE = {"_spec", "_plan", "_protocol", "_errors", "_frozen"}
+PURE = {"_spec", "_plan", "_protocol", "_errors", "_frozen", "_serve_config"}
 # No module-level import of these: the CLI's start-up, and a process's side of
 # networks (the hub process alone runs netlink and DNS).
-LIGHT = {"_cli": ("trio", "pyroute2", "dns"), "_network": ("pyroute2", "dns")}
+LIGHT = {"_cli": ("trio", "pyroute2", "dns", "h11"), "_network": ("pyroute2", "dns")}
 TOOLING = ("bench.",)  # may import EXCLUSIVE's trio/psutil in functions, not at module level
 TOOLING_MAY = ("trio", "psutil")
 
@@ -93,7 +95,8 @@ def violations(module: str, source: str) -> list[str]:
     leaf = module.split(".")[-1]
     for name, top in imports(module, source):
         for target, owner in EXCLUSIVE.items():
-            if _matches(name, target) and module != owner:
+            owners = owner if isinstance(owner, tuple) else (owner,)
+            if _matches(name, target) and module not in owners:
                 if module.startswith(TOOLING) and target in TOOLING_MAY and not top:
                     continue
                 out.append(f"{module} imports {name} (only {owner} may)")
@@ -161,6 +164,11 @@ CHECKER_CASES = [
     ("_hub", "import dns.message", True),
     ("_network", "import pyroute2", True),
     ("_spec", "from . import _network", True),
+    ("_serve", "import trio\nimport h11", False),
+    ("_serve_config", "import tomllib\nfrom . import _spec", False),
+    ("_serve_config", "from . import _serve", True),
+    ("_cli", "def f():\n    import h11", True),
+    ("_process", "import h11", True),
 ]
 
 
@@ -174,7 +182,7 @@ def test_the_checker_catches_violations():
 def test_importing_nsbox_and_the_cli_stays_light():
     code = (
         "import nsbox._cli, nsbox, sys\n"
-        "heavy = [m for m in ('trio', 'pyroute2', 'dns') if m in sys.modules]\n"
+        "heavy = [m for m in ('trio', 'pyroute2', 'dns', 'h11') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
