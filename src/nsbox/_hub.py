@@ -340,6 +340,8 @@ class Hub:
         op = message.get("op")
         if op == "lease":
             return self.lease(conn, message.get("name")), []
+        if op == "rename":
+            return self.rename(conn, message["lease"], message.get("name")), []
         if op == "release":
             self.clients[conn].discard(message["lease"])
             self.release(message["lease"])
@@ -404,6 +406,21 @@ class Hub:
             self.names[name] = lease
         return {"ok": True, "lease": lease.id, "address": str(addr), "host_if": lease.host_if,
                 "bridge": self.bridges[shard]}
+
+    def rename(self, conn: socket.socket, lease_id: int, name: str | None) -> dict:
+        """A live sandbox's name changes (or goes, with None): its DNS answers follow."""
+        lease = self.leases.get(lease_id)
+        if lease is None or lease_id not in self.clients[conn]:
+            return {"error": f"no lease {lease_id} of this client"}
+        if name is not None and self.names.get(name, lease) is not lease:
+            return {"error": f"name {name!r} is taken on network {self.name!r}",
+                    "kind": "name-taken"}
+        if lease.name is not None and self.names.get(lease.name) is lease:
+            del self.names[lease.name]
+        lease.name = name
+        if name is not None:
+            self.names[name] = lease
+        return {"ok": True}
 
     def release(self, lease_id: int) -> None:
         lease = self.leases.pop(lease_id, None)

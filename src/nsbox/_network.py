@@ -173,6 +173,16 @@ def lease(network: Network, name: str | None) -> Lease:
         raise
 
 
+def rename(lease: Lease, name: str | None) -> None:
+    """The sandbox's name on its network becomes `name` (None: no name)."""
+    reply, _ = lease.hub.request({"op": "rename", "lease": lease.id, "name": name})
+    if "error" in reply:
+        if reply.get("kind") == "name-taken":
+            raise _errors.SpecError(f"nsbox: {reply['error']}")
+        raise _errors.NetworkSetupError(0, f"nsbox: {reply['error']}", stage="network")
+    lease.name = name
+
+
 def hold_namespace(lease: Lease, pid: int) -> None:
     """Hand the started sandbox's net namespace to the hub, which lets it go
     at a pace the kernel keeps up with once the sandbox ends (see _hub.Hub.pace).

@@ -765,6 +765,21 @@ class Sandbox:
         """The sandbox's IPv4 address on its network (an ipaddress.IPv4Address), or None."""
         return self._net.address if self._net is not None else None
 
+    def rename(self, name: str | None) -> None:
+        """Give the running sandbox another name on its network (None: none):
+        what the network's DNS answers for from then on. Its host name inside
+        stays what it was. nsbox.SpecError if another sandbox has the name."""
+        from . import _network
+        from ._spec import check_name
+
+        if name is not None:
+            name = check_name(name, "name")
+        if self._lease is None:
+            if self._net is None:
+                raise ValueError("rename() needs a sandbox on a network (network='NAME')")
+            raise ProcessLookupError(f"sandbox {self.pid} has ended")
+        _network.rename(self._lease, name)
+
     def _network_socket(self):
         """An unconnected TCP socket inside the sandbox's network (see connect)."""
         from . import _network

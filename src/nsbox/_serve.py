@@ -37,6 +37,8 @@ from ._supervisor import open_supervisor
 MAX_HEAD = 32 * 1024          # request/response head bytes: more is a 431 / 502
 MAX_CONTROL_BODY = 1 << 20    # the control API's JSON bodies
 IDLE_UPSTREAMS = 32           # idle keep-alive connections kept per environment
+SPARE_DELAY = 0.05            # after a spare is taken, before its replacement starts
+FAST_WINDOW = 0.02            # a response head within this: no second task for the exchange
 CHUNK = 64 * 1024
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
               b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"}
@@ -65,6 +67,7 @@ class Env:
     requests: int = 0
     idle: list = dataclasses.field(default_factory=list)  # (stream, h11.Connection)
     ready_time: float | None = None
+    spare: bool = False
 
     def describe(self) -> dict:
         now = time.time()
@@ -142,6 +145,9 @@ class Router:
         self.shutting_down = False
         self.idle_scopes: set[trio.CancelScope] = set()
         self.drained = trio.Event()
+        self.spares: list[Env] = []   # ready, unnamed (a placeholder name), for new ids
+        self.spares_starting = 0
+        self.want_spares = trio.Event()
 
     # -- environments --------------------------------------------------------------------
 
@@ -160,15 +166,64 @@ class Router:
             live = self.live()
             if live >= self.config.max_envs:
                 raise Full(f"{live} environments exist, the maximum (serve.max_envs)")
-            template = self.config.template if not overrides else \
-                make_template(self.config.template.table, overrides)
-            env = Env(env_id, template)
-            self.envs[env_id] = env
-            self.nursery.start_soon(self._run_env, env, name=f"nsbox-serve-env-{env_id}")
+            env = None if overrides else self._take_spare(env_id)
+            if env is None:
+                template = self.config.template if not overrides else \
+                    make_template(self.config.template.table, overrides)
+                env = Env(env_id, template)
+                self.envs[env_id] = env
+                self.nursery.start_soon(self._run_env, env, name=f"nsbox-serve-env-{env_id}")
         await env.ready.wait()
         if env.state != "ready":
             raise EnvFailed(env.error or f"environment {env_id} is {env.state}")
         return env
+
+    def _take_spare(self, env_id: str) -> Env | None:
+        """A ready spare, renamed `env_id` on the network (no await: atomic)."""
+        while self.spares:
+            env = self.spares.pop()
+            self.want_spares.set()
+            if env.state != "ready":
+                continue
+            try:
+                env.box.rename(env_id)
+            except (_errors.NsboxError, OSError, ValueError) as exc:
+                log(f"{env.id}: cannot take it as {env_id} ({exc}); stopping it")
+                self.nursery.start_soon(self.stop_env, env, "not renamed")
+                continue
+            log(f"{env_id}: from spare {env.id} (pid {env.box.pid}, {env.box.address}:"
+                f"{env.template.port})")
+            env.id = env_id
+            env.spare = False
+            env.last_active = time.monotonic()
+            self.envs[env_id] = env
+            return env
+        return None
+
+    async def keep_spares(self) -> None:
+        """Keep serve.spares environments of the template started and ready,
+        one start at a time (a refill never competes with many requests at once)."""
+        want = self.config.spares
+        while want:
+            while len(self.spares) + self.spares_starting < want and not self.shutting_down:
+                env = Env(f"nsbx-spare-{secrets.token_hex(4)}", self.config.template,
+                          spare=True)
+                self.spares_starting += 1
+                try:
+                    await self._run_env_until_ready(env)
+                finally:
+                    self.spares_starting -= 1
+                if env.state == "ready" and env.spare:
+                    self.spares.append(env)
+                elif env.state == "failed":
+                    await trio.sleep(1)  # a template that fails: do not spin
+            self.want_spares = trio.Event()
+            await self.want_spares.wait()
+            await trio.sleep(SPARE_DELAY)  # the taken one answers its first request first
+
+    async def _run_env_until_ready(self, env: Env) -> None:
+        self.nursery.start_soon(self._run_env, env, name=f"nsbox-serve-{env.id}")
+        await env.ready.wait()
 
     async def _run_env(self, env: Env) -> None:
         """Start the environment, wait until it is ready, relay its output, and
@@ -181,28 +236,39 @@ class Router:
             except (_errors.NsboxError, OSError) as exc:
                 raise EnvFailed(f"environment {env.id} failed to start: {exc}") from None
             box = env.box
-            async with trio.open_nursery() as n:
+            failure = None
+            async with trio.open_nursery() as n:  # nothing raises in here: no group
                 n.start_soon(self._relay_output, env, box)
                 try:
                     with trio.fail_after(self.config.ready_timeout):
                         await self._wait_ready(env, box)
                 except trio.TooSlowError:
-                    raise EnvFailed(f"environment {env.id} was not ready within "
-                                    f"{self.config.ready_timeout:g} s") from None
-                if env.state == "starting":
-                    env.state = "ready"
-                env.ready_time = round(time.monotonic() - t0, 4)
-                env.last_active = time.monotonic()
-                env.ready.set()
-                log(f"{env.id}: ready in {env.ready_time * 1000:.1f} ms "
-                     f"(pid {box.pid}, {box.address}:{env.template.port})")
-                result = await box.wait()
-                if env.state == "ready":
-                    log(f"{env.id}: ended by itself ({result.reason}, status "
-                         f"{result.returncode})")
+                    failure = (f"environment {env.id} was not ready within "
+                               f"{self.config.ready_timeout:g} s")
+                except EnvFailed as exc:
+                    failure = str(exc)
+                if failure is None:
+                    if env.state == "starting":
+                        env.state = "ready"
+                    env.ready_time = round(time.monotonic() - t0, 4)
+                    env.last_active = time.monotonic()
+                    env.ready.set()
+                    log(f"{env.id}: ready in {env.ready_time * 1000:.1f} ms "
+                        f"(pid {box.pid}, {box.address}:{env.template.port})")
+                    result = await box.wait()
+                    if env.state == "ready":
+                        log(f"{env.id}: ended by itself ({result.reason}, status "
+                            f"{result.returncode})")
+                else:
+                    await box.kill()  # the relay ends with its output
+            if failure is not None:
+                raise EnvFailed(failure)
         except EnvFailed as exc:
             env.state, env.error = "failed", str(exc)
             log(str(exc))
+        except Exception as exc:  # a bug of ours: this environment fails, not the router
+            env.state, env.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
+            log(f"{env.id}: {env.error}")
         finally:
             with trio.CancelScope(shield=True):
                 if env.state in ("starting", "ready"):
@@ -210,6 +276,9 @@ class Router:
                 env.ready.set()
                 if self.envs.get(env.id) is env:
                     del self.envs[env.id]
+                if env in self.spares:
+                    self.spares.remove(env)
+                    self.want_spares.set()
                 for stream, _ in env.idle:
                     stream.socket.close()
                 env.idle.clear()
@@ -270,6 +339,10 @@ class Router:
         if self.envs.get(env.id) is env:
             del self.envs[env.id]
         if env.box is not None:
+            try:  # the id is free at once: a new environment may take it meanwhile
+                env.box.rename(None)
+            except (_errors.NsboxError, OSError, ValueError):
+                pass
             await env.box.kill()
 
     async def reap_idle(self) -> None:
@@ -319,6 +392,8 @@ class Router:
             await client.serve()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        except Exception as exc:  # a bug of ours: this connection ends, not the router
+            log(f"{client.peer}: internal error: {type(exc).__name__}: {exc}")
         finally:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
@@ -348,6 +423,7 @@ class Router:
                 return _error(405, "health takes GET", [(b"allow", b"GET, HEAD")])
             return _json(200, {"status": "stopping" if self.shutting_down else "ok",
                                "envs": self.live(), "max_envs": self.config.max_envs,
+                               "spares": len(self.spares),
                                "requests_in_flight": self.exchanges})
         if parts == ["envs"]:
             if method in ("GET", "HEAD"):
@@ -590,9 +666,13 @@ class _Client:
 
 class _Exchange:
     """One request and its response, between a client connection and an
-    upstream one. Two tasks: the request (head, body, then watching the client
-    for a disconnect) and the response; either ends the other. Failures are
-    recorded, not raised, so the nursery never wraps them."""
+    upstream one.
+
+    The fast path (a request without a body, answered within FAST_WINDOW, as
+    most are): one task sends the request and relays the response. Otherwise
+    two tasks: the request (head, body, then watching the client for a
+    disconnect, which cancels the exchange) and the response; either ends the
+    other. Failures are recorded, not raised, so no nursery wraps them."""
 
     def __init__(self, client: _Client, env: Env, up: trio.SocketStream, uconn: h11.Connection,
                  req: h11.Request, reused: bool, replay: list | None):
@@ -608,23 +688,58 @@ class _Exchange:
         self.status = 0
         self.sent = 0
         self.response_started = False
+        self.request_sent = False
         self.request_done = trio.Event()
         self.scope: trio.CancelScope | None = None
+        self.out = bytearray()  # bytes for the client, sent before we wait for more
 
     def fail(self, kind: str, message: str = "") -> None:
         if self.failure is None:
             self.failure = (kind, message)
-        self.scope.cancel()
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def _bodyless(self) -> bool:
+        headers = self.c.conn  # the client's request, as h11 read it
+        if headers.their_state is not h11.SEND_BODY or headers.they_are_waiting_for_100_continue:
+            return False
+        if any(k in (b"transfer-encoding", b"upgrade") for k, _ in self.req.headers):
+            return False
+        length = _header(self.req.headers, b"content-length")
+        return length is None or length.strip() == "0"
 
     async def run(self) -> tuple[int, int, bool] | None:
         """(status, bytes, keep), or None: retry on a fresh connection."""
         c = self.c
+        if not self.replay and self._bodyless():
+            event = c.conn.next_event()  # the request's end: no I/O for a bodyless request
+            if isinstance(event, h11.EndOfMessage):
+                self.recorded.append(event)
+                try:
+                    await self.usend(self.req)
+                    await self.usend(event)
+                    self.request_sent = True
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.fail("upstream", f"the connection broke ({exc})")
+                self.request_done.set()
+                first = None
+                if self.failure is None:
+                    with trio.move_on_after(FAST_WINDOW):
+                        first = await self._first_event()
+                if first is not None:
+                    await self.pump_response(first)
+                if first is not None or self.failure is not None:
+                    return await self.outcome()
         async with trio.open_nursery() as n:
             self.scope = n.cancel_scope
             n.start_soon(self.pump_request)
-            n.start_soon(self.pump_response)
+            n.start_soon(self.pump_response, None)
+        return await self.outcome()
+
+    async def outcome(self) -> tuple[int, int, bool] | None:
+        c = self.c
         if self.failure is None and self.status != 101:
-            self.c.r.give_back(self.env, self.up, self.uconn)
+            c.r.give_back(self.env, self.up, self.uconn)
             keep = c.conn.our_state is h11.DONE and c.conn.their_state is h11.DONE
             return self.status, self.sent, keep
         self.up.socket.close()
@@ -655,29 +770,31 @@ class _Exchange:
     async def pump_request(self) -> None:
         c = self.c
         try:
-            await self.usend(self.req)
-            done = False
-            for event in self.replay:
-                await self.usend(event)
-                done = isinstance(event, h11.EndOfMessage)
-            if not done and c.conn.they_are_waiting_for_100_continue:
-                await c.send(h11.InformationalResponse(status_code=100, headers=[]))
-            while not done:
-                try:
-                    event = await c.next_event()
-                except h11.RemoteProtocolError as exc:
-                    return self.fail("bad-request", str(exc))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return self.fail("client")
-                if isinstance(event, h11.ConnectionClosed):
-                    return self.fail("client")
-                if self.recorded is not None:
-                    self.recorded.append(event)
-                    if sum(len(e.data) for e in self.recorded if isinstance(e, h11.Data)) \
-                            > CHUNK:
-                        self.recorded = None
-                await self.usend(event)
-                done = isinstance(event, h11.EndOfMessage)
+            if not self.request_sent:
+                await self.usend(self.req)
+                done = False
+                for event in self.replay:
+                    await self.usend(event)
+                    done = isinstance(event, h11.EndOfMessage)
+                if not done and c.conn.they_are_waiting_for_100_continue:
+                    await c.send(h11.InformationalResponse(status_code=100, headers=[]))
+                while not done:
+                    try:
+                        event = await c.next_event()
+                    except h11.RemoteProtocolError as exc:
+                        return self.fail("bad-request", str(exc))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        return self.fail("client")
+                    if isinstance(event, h11.ConnectionClosed):
+                        return self.fail("client")
+                    if self.recorded is not None:
+                        self.recorded.append(event)
+                        if sum(len(e.data) for e in self.recorded
+                               if isinstance(e, h11.Data)) > CHUNK:
+                            self.recorded = None
+                    await self.usend(event)
+                    done = isinstance(event, h11.EndOfMessage)
+                self.request_sent = True
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             return self.fail("upstream", f"the connection broke ({exc})")
         finally:
@@ -704,25 +821,48 @@ class _Exchange:
                 raise _UpstreamError(f"a bad response ({exc})") from None
             if event is not h11.NEED_DATA:
                 return event
+            await self.flush()  # what the client has coming, before we wait
             try:
                 data = await self.up.receive_some(CHUNK)
             except (trio.BrokenResourceError, OSError) as exc:
                 raise _UpstreamError(f"the connection broke ({exc})") from None
             self.uconn.receive_data(data)
 
-    async def pump_response(self) -> None:
+    async def _first_event(self):
+        """The response head (100 and 103 are not forwarded), or None after a failure."""
+        try:
+            event = await self._upstream_event()
+            while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                event = await self._upstream_event()
+        except _UpstreamError as exc:
+            self.fail("upstream", str(exc))
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            self.fail("upstream", "it closed the connection without a response")
+            return None
+        return event
+
+    def queue(self, event) -> None:
+        self.out += self.c.conn.send(event)
+
+    async def flush(self) -> None:
+        if self.out:
+            data, self.out = bytes(self.out), bytearray()
+            async with self.c.send_lock:
+                await self.c.stream.send_all(data)
+
+    async def pump_response(self, first) -> None:
         c = self.c
         try:
-            try:
-                with trio.fail_after(c.r.config.upstream_timeout):
-                    event = await self._upstream_event()
-                    while isinstance(event, h11.InformationalResponse) and \
-                            event.status_code != 101:
-                        event = await self._upstream_event()  # 100, 103: not forwarded
-            except trio.TooSlowError:
-                return self.fail("timeout")
-            if isinstance(event, h11.ConnectionClosed):
-                return self.fail("upstream", "it closed the connection without a response")
+            if first is None:
+                try:
+                    with trio.fail_after(c.r.config.upstream_timeout):
+                        first = await self._first_event()
+                except trio.TooSlowError:
+                    return self.fail("timeout")
+                if first is None:
+                    return self.scope.cancel() if self.scope is not None else None
+            event = first
             self.status = event.status_code
             drop = HOP_BY_HOP | _connection_tokens(event.headers)
             headers = [(k, v) for k, v in event.headers if k not in drop]
@@ -735,26 +875,31 @@ class _Exchange:
                 await c.send(h11.InformationalResponse(status_code=101, headers=headers))
                 self.response_started = True
                 await self.splice()
-                self.scope.cancel()
+                if self.scope is not None:
+                    self.scope.cancel()
                 return
             if c.r.shutting_down:
                 headers.append((b"connection", b"close"))
-            await c.send(h11.Response(status_code=self.status, headers=headers,
-                                      reason=event.reason))
+            self.queue(h11.Response(status_code=self.status, headers=headers,
+                                    reason=event.reason))
             self.response_started = True
             while True:
                 event = await self._upstream_event()
                 if isinstance(event, h11.Data):
-                    await c.send(event)
+                    self.queue(event)
                     self.sent += len(event.data)
+                    if len(self.out) >= CHUNK:
+                        await self.flush()
                 elif isinstance(event, h11.EndOfMessage):
-                    await c.send(h11.EndOfMessage())
+                    self.queue(h11.EndOfMessage())
+                    await self.flush()
                     break
                 else:
                     return self.fail("upstream", "it closed the connection mid-response")
             # Complete. If the environment answered before it read the whole
             # request, the request pump stops here and neither side is reused.
-            self.scope.cancel()
+            if self.scope is not None:
+                self.scope.cancel()
         except _UpstreamError as exc:
             return self.fail("upstream", str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -824,6 +969,7 @@ async def serve(config: ServeConfig, *, token: str | None, ready=None) -> None:
                 trio.open_nursery() as nursery:
             router = Router(config, sup, nursery, token)
             nursery.start_soon(router.reap_idle)
+            nursery.start_soon(router.keep_spares)
             async with trio.open_nursery() as handlers:
                 accepting = trio.CancelScope()
 

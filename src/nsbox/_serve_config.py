@@ -15,6 +15,7 @@ A configuration is TOML (read with tomllib):
     shutdown_timeout = 10       # SIGTERM: seconds in-flight requests get to finish
     header_timeout = 10         # a request's head must arrive within this (slowloris)
     keepalive_timeout = 75      # an idle client connection is closed after this
+    spares = 0                  # environments kept started and ready for new ids (a warm pool)
 
     [template]
     command = ["python3", "-m", "http.server", "8000"]
@@ -55,7 +56,7 @@ BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 _SERVE_KEYS = {"listen", "domain", "idle_timeout", "max_envs", "token", "auth",
                "upstream_timeout", "ready_timeout", "grace", "shutdown_timeout",
-               "header_timeout", "keepalive_timeout"}
+               "header_timeout", "keepalive_timeout", "spares"}
 _TEMPLATE_KEYS = {"command", "port", "network", "env", "cwd", "rootfs", "mounts", "limits",
                   "ready", "hostname", "uid", "gid"}
 # What a create request of the control API may change per environment.
@@ -94,6 +95,7 @@ class ServeConfig:
     shutdown_timeout: float = 10.0
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0
+    spares: int = 0
 
 
 def check_id(value: object) -> str:
@@ -269,6 +271,8 @@ def parse_config(data: Mapping) -> ServeConfig:
                 "keepalive_timeout"):
         if key in serve:
             kw[key] = _seconds(serve[key], f"serve.{key}", zero=False)
+    if "spares" in serve:
+        kw["spares"] = _int(serve["spares"], "serve.spares", 0, 1000)
     if "max_envs" in serve:
         kw["max_envs"] = _int(serve["max_envs"], "serve.max_envs", 1, 100_000)
     if "auth" in serve:

@@ -167,6 +167,10 @@ class SupervisedSandbox:
         """The host ports published to it: (host address, host port, port)."""
         return self._box.published
 
+    def rename(self, name: str | None) -> None:
+        """Another name on its network (see nsbox.Sandbox.rename)."""
+        self._box.rename(name)
+
     async def connect(self, port: int) -> trio.SocketStream:
         """A trio stream connected to `port` of the sandbox, from inside its network."""
         sock = trio.socket.from_stdlib_socket(self._box._network_socket())

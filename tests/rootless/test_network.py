@@ -198,6 +198,26 @@ def test_a_name_is_unique_while_its_sandbox_lives(nets):
     assert nsbox.run(["true"], network=net, name="db").returncode == 0
 
 
+def test_a_running_sandbox_can_be_renamed(nets):
+    net = nets()
+    with server(net, "spare") as box, nsbox.Sandbox(["sleep", "30"], network=net,
+                                                   name="other") as other:
+        box.rename("db")
+        assert client(net, "db").stdout.decode().strip() == "spare ping"  # host name stays
+        assert client(net, "spare").returncode != 0  # the old name is gone
+        with pytest.raises(nsbox.SpecError, match="'other' is taken"):
+            box.rename("other")
+        with pytest.raises(nsbox.SpecError):
+            box.rename("Not A Name")
+        box.rename(None)
+        other.rename("db")  # free again
+        assert nsbox.run(["true"], network=net, name="spare").returncode == 0
+        box.kill()
+        other.kill()
+    with nsbox.Sandbox(["true"]) as plain, pytest.raises(ValueError, match="network"):
+        plain.rename("x")
+
+
 def test_processes_share_a_network(nets):
     """Another process's sandbox on the same network finds ours by name."""
     net = nets()

@@ -423,12 +423,19 @@ def test_upstream_errors_are_502_and_504(router):
         assert c.get("/hello", headers={"X-Env-Id": "e"}).status_code == 200
 
 
-def test_a_setup_failure_is_a_502_naming_it(router):
-    r = router(template={"command": ["/nonexistent/server"]})
+@pytest.mark.parametrize("command, words", [
+    (["/nonexistent/server"], "/nonexistent/server"),
+    (["sh", "-c", "echo failing; exit 3"], "exited before it was ready (exited, status 3)"),
+])
+def test_an_environment_that_cannot_start_is_a_502_naming_why(router, command, words):
+    r = router(template={"command": command})
     with r.client() as c:
-        resp = c.get("/", headers={"X-Env-Id": "broken"})
-    assert resp.status_code == 502
-    assert "/nonexistent/server" in resp.json()["error"]
+        for _ in range(2):  # and again: a new try each time, the router goes on
+            resp = c.get("/", headers={"X-Env-Id": "broken"})
+            assert resp.status_code == 502
+            assert words in resp.json()["error"]
+    made = r.api("POST", "envs", json={"id": "broken"})
+    assert made.status_code == 502 and words in made.json()["error"]
     assert r.envs() == {}
 
 
@@ -480,3 +487,29 @@ def test_sigterm_finishes_requests_in_flight_and_leaves_nothing(router):
     assert r.stop() == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", r.port), timeout=2).close()
+
+
+def test_spares_are_renamed_for_new_ids_and_refilled(router):
+    r = router(serve={"spares": 2})
+
+    def spares() -> int:
+        return r.api("GET", "health").json()["spares"]
+
+    deadline = time.monotonic() + 30
+    while spares() < 2:
+        assert time.monotonic() < deadline, "\n".join(r.lines)
+        time.sleep(0.05)
+    with r.client() as c:
+        hello = c.get("/hello", headers={"X-Env-Id": "w1"})
+        assert hello.status_code == 200 and hello.text.startswith("hello from nsbx-spare-")
+        r.wait_for(r"serve: w1: from spare nsbx-spare-")
+        # Named on the network as the id: another environment resolves it.
+        assert c.get("/resolve?name=w1", headers={"X-Env-Id": "w2"}).text == \
+            r.envs()["w1"]["address"]
+        created = r.api("POST", "envs", json={"id": "w3", "env": {"X": "1"}})
+        assert created.status_code == 201  # overrides: started cold, not from a spare
+        assert not [line for line in r.lines if "w3: from spare" in line]
+    while spares() < 2:
+        assert time.monotonic() < deadline, "\n".join(r.lines)
+        time.sleep(0.05)
+    assert set(r.envs()) == {"w1", "w2", "w3"}  # spares are not listed as environments
