@@ -515,30 +515,38 @@ class _Client:
 
     async def serve(self) -> None:
         while True:
-            # Idle between requests: the keep-alive timeout, cancelled at
-            # shutdown. Once a request's first byte is in, the head timeout.
-            scope = trio.CancelScope(
-                deadline=trio.current_time() + self.r.config.keepalive_timeout)
-            self.r.idle_scopes.add(scope)
+            # One scope per request: idle between requests (the keep-alive
+            # timeout; cancelled at shutdown), then from its first byte the
+            # head timeout (and no longer cancelled at shutdown).
+            config = self.r.config
+            idle = not self.conn.trailing_data[0]
+            scope = trio.CancelScope(deadline=trio.current_time() + (
+                config.keepalive_timeout if idle else config.header_timeout))
+            if idle:
+                self.r.idle_scopes.add(scope)
+                if self.r.shutting_down:
+                    scope.cancel()
+            event = None
             try:
                 with scope:
-                    if self.r.shutting_down:
-                        scope.cancel()
-                    while not self.conn.trailing_data[0] and not self.conn.trailing_data[1]:
+                    while True:
+                        event = self.conn.next_event()
+                        if event is not h11.NEED_DATA:
+                            break
                         data = await self.receive()
+                        if idle and data:
+                            idle = False
+                            self.r.idle_scopes.discard(scope)
+                            scope.deadline = trio.current_time() + config.header_timeout
                         self.conn.receive_data(data)
+            except h11.RemoteProtocolError as exc:
+                await self.fail(exc.error_status_hint, f"bad request: {exc}")
+                return
             finally:
                 self.r.idle_scopes.discard(scope)
             if scope.cancelled_caught:
-                return
-            try:
-                with trio.fail_after(self.r.config.header_timeout):
-                    event = await self.next_event()
-            except trio.TooSlowError:
-                await self.fail(408, "the request head did not arrive in time")
-                return
-            except h11.RemoteProtocolError as exc:
-                await self.fail(exc.error_status_hint, f"bad request: {exc}")
+                if not idle:
+                    await self.fail(408, "the request head did not arrive in time")
                 return
             if not isinstance(event, h11.Request):  # ConnectionClosed
                 return
@@ -724,8 +732,11 @@ class _Exchange:
                 self.request_done.set()
                 first = None
                 if self.failure is None:
-                    with trio.move_on_after(FAST_WINDOW):
-                        first = await self._first_event()
+                    try:
+                        with trio.move_on_after(FAST_WINDOW):
+                            first = await self._first_event()
+                    except trio.TooSlowError:  # an upstream_timeout shorter than the window
+                        self.fail("timeout")
                 if first is not None:
                     await self.pump_response(first)
                 if first is not None or self.failure is not None:
@@ -760,6 +771,10 @@ class _Exchange:
         if kind == "bad-request":
             await c.fail(400, f"bad request: {message}")
             return 400, 0, False
+        if kind == "client-timeout":
+            await c.fail(408, f"the request body sent nothing for "
+                              f"{c.r.config.body_timeout:g} s")
+            return 408, 0, False
         return 499, 0, False  # the client went away (nginx's 499)
 
     async def usend(self, event) -> None:
@@ -780,7 +795,10 @@ class _Exchange:
                     await c.send(h11.InformationalResponse(status_code=100, headers=[]))
                 while not done:
                     try:
-                        event = await c.next_event()
+                        with trio.fail_after(c.r.config.body_timeout):
+                            event = await c.next_event()
+                    except trio.TooSlowError:
+                        return self.fail("client-timeout")
                     except h11.RemoteProtocolError as exc:
                         return self.fail("bad-request", str(exc))
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -823,7 +841,13 @@ class _Exchange:
                 return event
             await self.flush()  # what the client has coming, before we wait
             try:
-                data = await self.up.receive_some(CHUNK)
+                with trio.fail_after(self.c.r.config.upstream_timeout):
+                    data = await self.up.receive_some(CHUNK)
+            except trio.TooSlowError:
+                if not self.response_started:
+                    raise  # no response head in time: a 504
+                raise _UpstreamError(f"it sent nothing for {self.c.r.config.upstream_timeout:g}"
+                                     " s mid-response") from None
             except (trio.BrokenResourceError, OSError) as exc:
                 raise _UpstreamError(f"the connection broke ({exc})") from None
             self.uconn.receive_data(data)

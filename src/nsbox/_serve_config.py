@@ -9,11 +9,13 @@ A configuration is TOML (read with tomllib):
     max_envs = 50               # more: 503 with Retry-After
     token = "..."               # the control API's token (default: generated, printed)
     auth = true                 # false: the control API needs no token (explicitly)
-    upstream_timeout = 30       # seconds for an environment's response head: then 504
+    upstream_timeout = 30       # seconds for an environment's response head (504), or
+                                # between pieces of its body (the connection is cut)
     ready_timeout = 30          # seconds for a new environment to become ready
     grace = 1.0                 # SIGTERM -> SIGKILL when an environment stops
     shutdown_timeout = 10       # SIGTERM: seconds in-flight requests get to finish
     header_timeout = 10         # a request's head must arrive within this (slowloris)
+    body_timeout = 60           # a request body that sends nothing for this long: 408
     keepalive_timeout = 75      # an idle client connection is closed after this
     spares = 0                  # environments kept started and ready for new ids (a warm pool)
 
@@ -56,7 +58,7 @@ BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 
 _SERVE_KEYS = {"listen", "domain", "idle_timeout", "max_envs", "token", "auth",
                "upstream_timeout", "ready_timeout", "grace", "shutdown_timeout",
-               "header_timeout", "keepalive_timeout", "spares"}
+               "header_timeout", "keepalive_timeout", "spares", "body_timeout"}
 _TEMPLATE_KEYS = {"command", "port", "network", "env", "cwd", "rootfs", "mounts", "limits",
                   "ready", "hostname", "uid", "gid"}
 # What a create request of the control API may change per environment.
@@ -94,6 +96,7 @@ class ServeConfig:
     grace: float = 1.0
     shutdown_timeout: float = 10.0
     header_timeout: float = 10.0
+    body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     spares: int = 0
 
@@ -268,7 +271,7 @@ def parse_config(data: Mapping) -> ServeConfig:
         if key in serve:
             kw[key] = _seconds(serve[key], f"serve.{key}")
     for key in ("upstream_timeout", "ready_timeout", "shutdown_timeout", "header_timeout",
-                "keepalive_timeout"):
+                "keepalive_timeout", "body_timeout"):
         if key in serve:
             kw[key] = _seconds(serve[key], f"serve.{key}", zero=False)
     if "spares" in serve:

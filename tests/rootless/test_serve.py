@@ -362,7 +362,13 @@ def test_malformed_requests_get_4xx_and_the_router_goes_on(router, request_bytes
 
 
 def test_slow_partial_requests_are_cut_off(router):
-    r = router(serve={"header_timeout": 0.5})
+    r = router(serve={"header_timeout": 0.5, "body_timeout": 0.5})
+    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as slow_body:
+        slow_body.sendall(b"POST /env/a/sink HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n"
+                          b"\r\n0123456789")
+        time.sleep(0.8)
+        answer = slow_body.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
     with socket.create_connection(("127.0.0.1", r.port), timeout=10) as slow:
         slow.sendall(b"GET /env/a/hello HTTP/1.1\r\nHo")
         # Meanwhile others are served.
