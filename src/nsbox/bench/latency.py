@@ -66,16 +66,21 @@ TARGET_CLI_MS = 15.0  # python -m nsbox run: at most +15 ms over python -c pass
 TARGET_LIMITS_RATIO = 1.50  # nsbox with a memory+pids cgroup <= 1.5x nsbox without
 LIMITS = {"memory": "256M", "pids": 64}
 
-NS_VARIANTS = ("floor", "floor-static", "nsbox", "nsbox-static", "unshare", "bwrap")
+NS_VARIANTS = ("floor", "floor-static", "nsbox", "nsbox-static", "unshare", "bwrap", "runc",
+               "crun")
 PLAIN_VARIANTS = ("subprocess", "fork")
 DEFAULT_VARIANTS = NS_VARIANTS + PLAIN_VARIANTS
+# Peers that leave something in the host's namespace after they ran (firejail
+# mounts /run/firejail/* there, systemd-nspawn makes /run/systemd/nspawn*): only
+# when asked for by name.
+ON_REQUEST = ("firejail", "systemd-nspawn")
 GROUPS = {
     "ballast": "nsbox+0MB, nsbox+<N>MB, fork+0MB, fork+<N>MB (needs --compare-ballast)",
     "cli": "cli-nsbox, cli-pass, cli-import (same as --cli)",
     "limits": f"nsbox-limits: nsbox with limits={LIMITS} (a cgroup per sandbox; needs root "
               "on cgroup v1, or a delegated cgroup v2 subtree)",
 }
-KNOWN_VARIANTS = DEFAULT_VARIANTS + tuple(GROUPS)
+KNOWN_VARIANTS = DEFAULT_VARIANTS + ON_REQUEST + tuple(GROUPS)
 
 STATIC_TRUE_SRC = r"""
 /* true without libc: _start makes the exit(0) syscall. */
@@ -96,7 +101,7 @@ void _start(void)
 """
 
 
-# Other tools the issue names; each needs a bundle or profile of its own.
+# Other tools, driven by bench/peers.py when they run here (all namespace set only).
 PEERS = {"crun": "crun", "runc": "runc", "firejail": "firejail",
          "systemd-nspawn": "systemd-container"}
 
@@ -253,6 +258,14 @@ def subprocess_once(
             err = r.stderr.decode(errors="replace").strip().splitlines()
             raise Failure(f"exit {r.returncode}: {err[-1] if err else ''}")
         return elapsed
+
+    return once
+
+
+def peer_once(make: Callable[[], list[str]]) -> Callable[[], int]:
+    """subprocess_once with a fresh argv each run (a new container id)."""
+    def once() -> int:
+        return subprocess_once(make())()
 
     return once
 
@@ -601,13 +614,32 @@ def make_variants(
                     )
                 )
 
-    for peer, package in PEERS.items():
-        path = shutil.which(peer)
-        if not path:
-            skip(peer, f"not installed (Debian: apt-get install {package})")
-        else:
-            skip(peer, f"found at {path}, but the suite does not drive {peer} yet: "
-                       "its numbers are not in this run")
+    for peer in ON_REQUEST:
+        if peer not in wanted:
+            skip(peer, f"only when asked for (--variants ...,{peer}): it leaves "
+                       + ("its /run/firejail mounts in the host's namespace"
+                          if peer == "firejail" else "/run/systemd/nspawn* behind"))
+    if wanted & set(PEERS):
+        from . import peers
+
+        all_label = next((label for label in args.ns_sets
+                          if parse_ns_set(label) == frozenset(ALL_NS)), None)
+        for peer, how in peers.commands(BUILD).items():
+            if peer not in wanted:
+                continue
+            if isinstance(how, str):
+                skip(peer, how)
+                continue
+            if all_label is None:
+                skip(peer, "measured with the `all` namespace set only")
+                continue
+            argv, what = how
+            make = argv if callable(argv) else (lambda argv=argv: argv)
+            problem = peers.probe(make())
+            if problem is not None:
+                skip(peer, f"does not run here: {problem}")
+                continue
+            out.append(Variant(peer, all_label, what, peer_once(make), floor="floor"))
 
     if "subprocess" in wanted:
         out.append(
@@ -1136,8 +1168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.compare_ballast is None:
             args.compare_ballast = 64
         args.cli = True
-        if args.variants is None:
-            args.variants = ",".join(KNOWN_VARIANTS)
+        if args.variants is None:  # every variant but those that leave things behind
+            args.variants = ",".join(DEFAULT_VARIANTS + tuple(GROUPS))
     if args.variants is None:
         chosen: list[str] = []
         if args.compare_ballast is not None:
