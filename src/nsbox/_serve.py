@@ -761,21 +761,18 @@ class _Exchange:
             return self.status, self.sent, False
         if kind == "upstream" and self.reused and self.recorded is not None:
             return None
-        if kind == "upstream":
-            await c.fail(502, f"environment {self.env.id}: {message}")
-            return 502, 0, False
-        if kind == "timeout":
-            await c.fail(504, f"environment {self.env.id} did not answer within "
-                              f"{c.r.config.upstream_timeout:g} s")
-            return 504, 0, False
-        if kind == "bad-request":
-            await c.fail(400, f"bad request: {message}")
-            return 400, 0, False
-        if kind == "client-timeout":
-            await c.fail(408, f"the request body sent nothing for "
-                              f"{c.r.config.body_timeout:g} s")
-            return 408, 0, False
-        return 499, 0, False  # the client went away (nginx's 499)
+        config = c.r.config
+        status, text = {
+            "upstream": (502, f"environment {self.env.id}: {message}"),
+            "timeout": (504, f"environment {self.env.id} did not answer within "
+                             f"{config.upstream_timeout:g} s"),
+            "bad-request": (400, f"bad request: {message}"),
+            "client-timeout": (408, f"the request body sent nothing for "
+                                    f"{config.body_timeout:g} s"),
+        }.get(kind, (499, None))  # "client": it went away (nginx's 499), nobody to tell
+        if text is not None:
+            await c.fail(status, text)
+        return status, 0, False
 
     async def usend(self, event) -> None:
         data = self.uconn.send(event)

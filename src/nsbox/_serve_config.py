@@ -205,15 +205,19 @@ def _command(value: object, what: str) -> list[str]:
     return value
 
 
+def _known_keys(table: Mapping, known: set[str], what: str) -> None:
+    unknown = table.keys() - known
+    if unknown:
+        raise SpecError(f"{what}: unknown key(s) {', '.join(sorted(unknown))} "
+                        f"(known: {', '.join(sorted(known))})")
+
+
 def make_template(table: Mapping, overrides: Mapping | None = None) -> Template:
     """A Template from the [template] table, with a control API create's
     overrides (OVERRIDE_KEYS) applied: env is merged, the rest replaces."""
     if not isinstance(table, Mapping):
         raise SpecError("the configuration needs a [template] table")
-    unknown = table.keys() - _TEMPLATE_KEYS
-    if unknown:
-        raise SpecError(f"template: unknown key(s) {', '.join(sorted(unknown))} "
-                        f"(known: {', '.join(sorted(_TEMPLATE_KEYS))})")
+    _known_keys(table, _TEMPLATE_KEYS, "template")
     overrides = dict(overrides or {})
     unknown = overrides.keys() - OVERRIDE_KEYS
     if unknown:
@@ -258,10 +262,7 @@ def parse_config(data: Mapping) -> ServeConfig:
     serve = data.get("serve", {})
     if not isinstance(serve, Mapping):
         raise SpecError("[serve] must be a table")
-    unknown = serve.keys() - _SERVE_KEYS
-    if unknown:
-        raise SpecError(f"serve: unknown key(s) {', '.join(sorted(unknown))} "
-                        f"(known: {', '.join(sorted(_SERVE_KEYS))})")
+    _known_keys(serve, _SERVE_KEYS, "serve")
     kw: dict[str, object] = {"template": make_template(data.get("template"))}
     if "listen" in serve:
         kw["listen"] = parse_listen(serve["listen"])

@@ -519,3 +519,18 @@ def test_spares_are_renamed_for_new_ids_and_refilled(router):
         assert time.monotonic() < deadline, "\n".join(r.lines)
         time.sleep(0.05)
     assert set(r.envs()) == {"w1", "w2", "w3"}  # spares are not listed as environments
+
+
+def test_http10_pipelining_head_and_connection_close(router):
+    r = router()
+    with r.client() as c:
+        c.get("/hello", headers={"X-Env-Id": "p"}).raise_for_status()
+    # HTTP/1.0 without a Host header: answered, then closed.
+    old = _raw(r.port, b"GET /env/p/hello HTTP/1.0\r\n\r\n")
+    assert old.startswith(b"HTTP/1.1 200 ") and old.endswith(b"hello from p")
+    # Two requests in one write: both answered, in order, on one connection.
+    both = _raw(r.port, b"GET /env/p/hello HTTP/1.1\r\nHost: a\r\n\r\n"
+                        b"HEAD /env/p/hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert both.count(b"HTTP/1.1 200 ") == 2, both
+    first, second = both.split(b"HTTP/1.1 200 ")[1:]
+    assert first.endswith(b"hello from p") and b"hello" not in second.split(b"\r\n\r\n", 1)[1]
