@@ -68,6 +68,7 @@ class Env:
     idle: list = dataclasses.field(default_factory=list)  # (stream, h11.Connection)
     ready_time: float | None = None
     spare: bool = False
+    full: bool = False  # it could not start: the machine's limits (a 503)
 
     def describe(self) -> dict:
         now = time.time()
@@ -174,6 +175,8 @@ class Router:
                 self.envs[env_id] = env
                 self.nursery.start_soon(self._run_env, env, name=f"nsbox-serve-env-{env_id}")
         await env.ready.wait()
+        if env.full:
+            raise Full(env.error)
         if env.state != "ready":
             raise EnvFailed(env.error or f"environment {env_id} is {env.state}")
         return env
@@ -232,7 +235,11 @@ class Router:
         try:
             spec = env.template.spec.replace(name=env.id)
             try:
-                env.box = await self.sup.start(spec, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT)
+                env.box = await self.sup.start(spec, wait=False, stdin=DEVNULL, stdout=PIPE,
+                                               stderr=STDOUT)
+            except _errors.CapacityError as exc:  # the machine's limits: a 503, not a hang
+                env.full = True
+                raise EnvFailed(f"environment {env.id} cannot start now: {exc}") from None
             except (_errors.NsboxError, OSError) as exc:
                 raise EnvFailed(f"environment {env.id} failed to start: {exc}") from None
             box = env.box
