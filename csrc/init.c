@@ -111,6 +111,11 @@ static int exec_command(char **cmd)
     return result;
 }
 
+/* A supervisor's slot for our final record (a shared file, fd:offset), so it
+ * need not hold the report pipe of every running sandbox; -1: none. */
+static int status_fd = -1;
+static long status_off;
+
 static void report(int kind, int stage, int err, int index, int value)
 {
     struct nsbox_report r;
@@ -120,8 +125,23 @@ static void report(int kind, int stage, int err, int index, int value)
     r.err = err;
     r.index = index;
     r.value = value;
+    if (kind == NSBOX_REPORT_EXITED && status_fd >= 0)
+        while (rt_pwrite(status_fd, &r, sizeof r, status_off) == -RT_EINTR)
+            ;
+    /* The pipe too (its reader may have closed it: EPIPE, SIGPIPE blocked). */
     while (rt_write(report_fd, &r, sizeof r) == -RT_EINTR)
         ;
+}
+
+/* "FD:OFFSET" or "-". */
+static void parse_status(const char *arg)
+{
+    if (arg[0] == '-')
+        return;
+    status_fd = (int)parse_int(arg);
+    while (*arg && *arg != ':')
+        arg++;
+    status_off = *arg ? parse_int(arg + 1) : 0;
 }
 
 static long init_flags;
@@ -375,7 +395,7 @@ static char **park(int ctrl, int parent, int sfd, long flags)
 
 static __attribute__((noreturn)) void init_main(int argc, char **argv)
 {
-    if (argc < 10 || !rt_streq(argv[8], "--"))
+    if (argc < 11 || !rt_streq(argv[9], "--"))
         rt_exit(NSBOX_EXIT_SETUP);
     report_fd = (int)parse_int(argv[1]);
     int parent = (int)parse_int(argv[2]);
@@ -386,7 +406,8 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     int fail_errno = (int)parse_int(argv[5]);
     const char *rlimits = argv[6];
     parse_cgroup(argv[7]);
-    char **cmd = argv + 9;
+    parse_status(argv[8]);
+    char **cmd = argv + 10;
     long rc;
 
     /* Signals arrive blocked from the setup child (and are blocked here in
@@ -402,6 +423,8 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     if (sfd < 0)
         fail(NSBOX_STAGE_INIT, sfd);
     if ((rc = rt_fcntl(report_fd, RT_F_SETFD, RT_FD_CLOEXEC)) < 0)
+        fail(NSBOX_STAGE_INIT, rc);
+    if (status_fd >= 0 && (rc = rt_fcntl(status_fd, RT_F_SETFD, RT_FD_CLOEXEC)) < 0)
         fail(NSBOX_STAGE_INIT, rc);
     if (parent >= 0) {
         if ((rc = rt_fcntl(parent, RT_F_SETFD, RT_FD_CLOEXEC)) < 0)
@@ -457,6 +480,10 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     }
     mark(NSBOX_PHASE_EXEC);
     report(NSBOX_REPORT_STARTED, 0, 0, 0, (int)pid);
+    /* Not in the signalfd's set: a write to a report pipe its reader closed
+     * fails with EPIPE instead of killing an init that is not a pid 1. */
+    rt_sigset pipe_sig = rt_sigbit(RT_SIGPIPE);
+    rt_sigprocmask(RT_SIG_BLOCK, &pipe_sig);
     /* init never reads or writes the command's stdio: don't hold pipes open. */
     rt_close(0);
     rt_close(1);

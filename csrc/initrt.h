@@ -46,6 +46,7 @@
 #define RT_SIGUSR2 12
 #define RT_SIGTERM 15
 #define RT_SIGCHLD 17
+#define RT_SIGPIPE 13
 #define RT_SIGCONT 18
 #define RT_SIGWINCH 28
 
@@ -122,6 +123,10 @@ static inline rt_sigset rt_sigbit(int sig)
 static inline long rt_write(int fd, const void *buf, size_t len)
 {
     return RT_SYS(__NR_write, fd, buf, len, 0, 0, 0);
+}
+static inline long rt_pwrite(int fd, const void *buf, size_t len, long off)
+{
+    return RT_SYS(__NR_pwrite64, fd, buf, len, off, 0, 0);
 }
 static inline long rt_read(int fd, void *buf, size_t len)
 {
@@ -284,6 +289,10 @@ static inline long rt_ret(long r)
 static inline long rt_write(int fd, const void *buf, size_t len)
 {
     return rt_ret(write(fd, buf, len));
+}
+static inline long rt_pwrite(int fd, const void *buf, size_t len, long off)
+{
+    return rt_ret(pwrite(fd, buf, len, off));
 }
 static inline long rt_read(int fd, void *buf, size_t len)
 {

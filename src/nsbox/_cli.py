@@ -226,6 +226,11 @@ def build_parser():
                           "'exited' event with returncode, signal, reason and stats")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                      help="the command to run")
+    # Listed for --help; main() hands these to their own parsers.
+    sub.add_parser("serve", help="route HTTP requests to environments made on demand "
+                                 "(python -m nsbox serve --help)", add_help=False)
+    sub.add_parser("bench", help="the benchmark suite (python -m nsbox bench --help)",
+                   add_help=False)
     return parser
 
 

@@ -155,6 +155,7 @@ def spawn(
     timings: list | None = None,
     park_fd: int = -1,
     lease: object = None,
+    status: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
     """Start the sandbox described by `plan`; returns (pid, pidfd) of its init.
 
@@ -163,7 +164,9 @@ def spawn(
     a phase that did not run) are appended to it. With `park_fd`, the
     sandbox is a warm-pool slot: nsbox-init waits for its command on that
     socket (see Sandbox._unpark). With a `lease` (a _network.Lease), the
-    sandbox's eth0 joins that network (see csrc/net.c). Raises
+    sandbox's eth0 joins that network (see csrc/net.c). With `status` (fd,
+    offset), nsbox-init also writes its final EXITED record there (see
+    Sandbox._release_report). Raises
     UnsupportedError/SpawnError when the clone itself fails. Failures after
     the clone arrive as records on the report pipe.
     """
@@ -183,6 +186,7 @@ def spawn(
         b"%d" % fail_errno,
         packed.rlimits,
         cgroup_arg,
+        b"%d:%d" % status if status is not None else b"-",
         b"--",
         # (A parked slot: the socket's fd, then its placeholder args, which
         # name it in ps.)
@@ -199,7 +203,8 @@ def spawn(
     spec.parent_pidfd = self_pidfd
     spec.stdio = list(stdio)
     keep_fds = [*plan.pass_fds, report_fd, *([self_pidfd] if self_pidfd >= 0 else []),
-                *cgroup_fds, *([park_fd] if park_fd >= 0 else [])]
+                *cgroup_fds, *([park_fd] if park_fd >= 0 else []),
+                *([status[0]] if status is not None else [])]
     keep_arr = ffi.new("int32_t[]", keep_fds)
     keep.append(keep_arr)
     spec.keep_fds = keep_arr

@@ -133,12 +133,14 @@ class Sandbox:
         _debug_fail: tuple[str, int] | None = None,
         _lazy_start: bool = False,
         _park: bool = False,
+        _status: tuple[int, int] | None = None,
         **options: object,
     ):
         self.returncode: int | None = None
         self.pid: int | None = None
         self._pidfd = -1
         self._report_fd = -1
+        self._status = _status  # (fd, offset): init's final record also goes there
         self._command_pidfd = -1  # only without a pid namespace (see kill)
         # Re-entrant: a signal handler may call send_signal while this thread
         # is inside poll(); never held across a blocking wait.
@@ -218,7 +220,7 @@ class Sandbox:
                 self.pid, self._pidfd = _native.spawn(plan, report_fd=wfd, stdio=stdio,
                                                       debug_fail=debug, cgroup=self._group,
                                                       timings=stamps, park_fd=park_fd,
-                                                      lease=self._lease)
+                                                      lease=self._lease, status=_status)
             finally:
                 if stamps:
                     self._phase_ns.update((i, ns) for i, ns in enumerate(stamps) if ns)
@@ -313,6 +315,8 @@ class Sandbox:
         rec = self._next_record()
         if rec is not None:
             return rec
+        if self._report_fd < 0:  # released: see _release_report
+            return self._status_record()
         while True:
             if not block:
                 os.set_blocking(self._report_fd, False)
@@ -329,6 +333,34 @@ class Sandbox:
             rec = self._next_record()
             if rec is not None:
                 return rec
+
+    def _release_report(self) -> bool:
+        """Close the report pipe of a started sandbox that has a status slot
+        (a supervisor's: one fd per running sandbox instead of two); init's
+        final record is then read from the slot. False when it must stay:
+        no slot, the start not yet read, or timings asked for."""
+        with self._lock:
+            if (self._status is None or self._start_pending or self._report_fd < 0
+                    or self._phase_ns is not None or self._records):
+                return False
+            fd, self._report_fd = self._report_fd, -1
+            os.close(fd)
+            return True
+
+    def _status_record(self) -> _protocol.Record | None:
+        """init's EXITED record from the status slot (once), or None."""
+        fd, offset = self._status
+        try:
+            data = os.pread(fd, _protocol.RECORD_SIZE, offset)
+        except OSError:
+            return None
+        if len(data) != _protocol.RECORD_SIZE or not any(data):
+            return None
+        self._status = None  # read once; the slot is the supervisor's again
+        try:
+            return _protocol.decode_one(data)
+        except _protocol.ProtocolError:
+            return None
 
     def _wait_started(self, plan: _plan.Plan) -> None:
         try:

@@ -34,6 +34,7 @@ import trio
 from . import _errors
 from ._frozen import Frozen
 from ._process import DEVNULL, Sandbox, run_stdio
+from ._protocol import RECORD_SIZE
 from ._spec import SPEC_OPTIONS, Spec, make_spec
 
 __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
@@ -43,10 +44,45 @@ __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStat
 _PER_RUN = frozenset({"stdin", "stdout", "stderr", "bufsize"})
 _SLOT_ARGS = ("nsbox-warm-slot",)  # a parked slot's placeholder command
 
-# fds the supervisor holds per sandbox: its pidfd and report pipe (stdio pipes, when asked
-# for, take up to three more: the reserve and the kernel's EMFILE bound those).
-FDS_PER_SANDBOX = 2
+# fds the supervisor holds per running sandbox: its pidfd. The report pipe is closed once
+# the command runs: init's final record goes to a slot of one shared file (_StatusSlots).
+# (Warm slots, timings=True and stdio pipes take more: the reserve and EMFILE bound those.)
+FDS_PER_SANDBOX = 1
 FD_RESERVE = 64
+
+
+class _StatusSlots:
+    """One memfd of RECORD_SIZE slots, one per running sandbox: where its
+    nsbox-init writes its final (EXITED) record, so the supervisor holds no
+    report pipe per sandbox. A slot is zeroed when given back."""
+
+    GROW = 4096  # slots added at a time
+
+    def __init__(self):
+        self.fd = os.memfd_create("nsbox-status", os.MFD_CLOEXEC)
+        self._free: list[int] = []
+        self._next = 0
+        self._size = 0
+
+    def take(self) -> tuple[int, int]:
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot, self._next = self._next, self._next + 1
+            if self._next > self._size:
+                self._size += self.GROW
+                os.ftruncate(self.fd, self._size * RECORD_SIZE)
+        return self.fd, slot * RECORD_SIZE
+
+    def give(self, status: tuple[int, int]) -> None:
+        offset = status[1]
+        os.pwrite(self.fd, bytes(RECORD_SIZE), offset)
+        self._free.append(offset // RECORD_SIZE)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class SupervisorStatistics(Frozen):
@@ -136,6 +172,7 @@ class SupervisedSandbox:
         self.args = box.args
         self._exited = trio.Event()
         self._result = None
+        self._status = None  # its slot in the supervisor's _StatusSlots, if any
         self.stdin = self.stdout = self.stderr = None
         for name in ("stdin", "stdout", "stderr"):
             f = getattr(box, name)
@@ -248,6 +285,9 @@ class SupervisedSandbox:
             self._result = Result(box.args, box.returncode, None, None, pid=box.pid,
                                   reason=box.reason, stats=box.stats(), timings=box.timings)
             box.close()
+            if self._status is not None:
+                self._sup._status_slots.give(self._status)
+                self._status = None
             self._sup._ended(self)
             self._exited.set()
 
@@ -376,6 +416,8 @@ class Supervisor:
         self._live: set[SupervisedSandbox] = set()
         self._pools: dict[Spec, Pool] = {}
         self._closed = False
+        # Real sandboxes report their end into a shared file (tests' fakes do not).
+        self._status_slots = _StatusSlots() if launcher is Sandbox else None
 
     # -- starting --------------------------------------------------------------------------
 
@@ -413,9 +455,12 @@ class Supervisor:
         self._starting += 1
         made: list = []  # the thread's result, kept even if we are cancelled meanwhile
         box = None
+        extra = {}
+        if self._status_slots is not None and "timings" not in options:
+            extra["_status"] = self._status_slots.take()
 
         def spawn():
-            made.append(self._launcher(args, _lazy_start=True, **options))
+            made.append(self._launcher(args, _lazy_start=True, **extra, **options))
             made[0]._complete_start()
 
         try:
@@ -423,7 +468,7 @@ class Supervisor:
                 # The only start in flight: clone right here (a vfork, about a
                 # millisecond; a thread hand-off would cost more than it saves)
                 # and wait for init's report on the event loop.
-                box = self._launcher(args, _lazy_start=True, **options)
+                box = self._launcher(args, _lazy_start=True, **extra, **options)
                 if box._start_pending:
                     await trio.lowlevel.wait_readable(box._report_fd)
                     box._complete_start()
@@ -440,10 +485,15 @@ class Supervisor:
             self._slots.release()
             if box is not None:
                 box.close()
+            if "_status" in extra:
+                self._status_slots.give(extra["_status"])
             self._failed += 1
             raise
         self._starting -= 1
+        if "_status" in extra:
+            box._release_report()  # the command runs: its end comes through the slot
         handle = SupervisedSandbox(self, box)
+        handle._status = extra.get("_status")
         self._live.add(handle)
         self._nursery.start_soon(handle._watch, name=f"nsbox-watch-{box.pid}")
         return handle
@@ -618,16 +668,20 @@ async def open_supervisor(*, grace: float = 1.0, max_live: int | None = None,
     """
     sup = Supervisor(None, grace, max_live, _launcher)  # bad settings raise here, unwrapped
     body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        sup._nursery = nursery
-        try:
-            yield sup
-        except BaseException as exc:
-            # Raised again below, outside the nursery: the caller gets its own
-            # exception, not one wrapped in an ExceptionGroup by the watchers' nursery.
-            body_error = exc
-        finally:
-            with trio.CancelScope(shield=True):
-                await sup._shutdown()
+    try:
+        async with trio.open_nursery() as nursery:
+            sup._nursery = nursery
+            try:
+                yield sup
+            except BaseException as exc:
+                # Raised again below, outside the nursery: the caller gets its own
+                # exception, not one wrapped in an ExceptionGroup by the watchers' nursery.
+                body_error = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await sup._shutdown()
+    finally:
+        if sup._status_slots is not None:  # every watcher has given its slot back
+            sup._status_slots.close()
     if body_error is not None:
         raise body_error

@@ -199,6 +199,32 @@ def test_many_at_once():
     arun(main)
 
 
+def test_one_fd_per_running_sandbox_and_exact_statuses():
+    """The report pipe closes once the command runs; the end (a signal death
+    too, which init itself cannot die of) arrives through the status slot."""
+    import os
+
+    async def main():
+        async with nsbox.open_supervisor(grace=5) as sup:
+            before = len(os.listdir("/proc/self/fd"))
+            boxes = [await sup.start(["sleep", "60"]) for _ in range(20)]
+            held = len(os.listdir("/proc/self/fd")) - before
+            assert held == 20, held  # a pidfd each (plus the shared status file once)
+            for box in boxes[:10]:
+                box.send_signal(signal.SIGKILL)  # init forwards nothing: the kernel kills it
+            for box in boxes[10:]:
+                await box.kill()  # SIGTERM, forwarded to sleep, which dies of it
+            codes = [(await box.wait()).returncode for box in boxes]
+            assert codes == [-signal.SIGKILL] * 10 + [-signal.SIGTERM] * 10
+            ends = await sup.run(["sh", "-c", "kill -USR1 $$"])
+            assert ends.returncode == -signal.SIGUSR1 and ends.reason == "signaled"
+            assert (await sup.run(["sh", "-c", "exit 7"])).returncode == 7
+            timed = await sup.start(["sh", "-c", "exit 3"], timings=True)  # keeps its pipe
+            assert (await timed.wait()).returncode == 3 and timed._box.timings
+
+    arun(main)
+
+
 def test_bad_settings_are_spec_errors():
     async def main(**kw):
         async with nsbox.open_supervisor(**kw):
