@@ -397,6 +397,10 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
 {
     if (argc < 11 || !rt_streq(argv[9], "--"))
         rt_exit(NSBOX_EXIT_SETUP);
+    /* The command runs with our uid: without this it could ptrace us or open
+     * /proc/1/fd/ and reach our fds (the caller's pidfd, a supervisor's status
+     * file). Not dumpable, that takes CAP_SYS_PTRACE, which it lacks. */
+    rt_prctl(RT_PR_SET_DUMPABLE, 0);
     report_fd = (int)parse_int(argv[1]);
     int parent = (int)parse_int(argv[2]);
     long flags = parse_int(argv[3]);

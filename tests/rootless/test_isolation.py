@@ -67,6 +67,29 @@ def test_command_is_pid_2_under_our_init():
     assert sh("cut -d' ' -f4 /proc/$$/stat") == "1\n"
 
 
+def test_the_command_cannot_reach_its_inits_fds_or_ptrace_it():
+    """init holds the caller's pidfd and its report pipe (a supervisor's status
+    file too); the command, same uid inside, must not get at them."""
+    from nsbx_test_helpers import SANDBOX_PYTHON
+
+    code = (
+        "import ctypes, os\n"
+        "fds = os.listdir('/proc/1/fd')\n"
+        "opened = []\n"
+        "for fd in fds:\n"
+        "    try:\n"
+        "        os.close(os.open(f'/proc/1/fd/{fd}', os.O_RDONLY)); opened.append(fd)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "attached = libc.ptrace(16, 1, 0, 0)\n"  # PTRACE_ATTACH
+        "print(len(fds), len(opened), attached, ctypes.get_errno())\n"
+    )
+    n, opened, attached, err = map(int, out([SANDBOX_PYTHON, "-c", code]).split())
+    assert n >= 2 and opened == 0
+    assert attached == -1 and err == 1  # EPERM
+
+
 def test_proc_shows_only_sandbox_processes():
     # A glob, not ls: the shell starts no other process while listing.
     pids = sh("for p in /proc/[0-9]*; do echo ${p#/proc/}; done").split()

@@ -465,6 +465,7 @@ def test_keep_alive_and_chunked_bodies(router):
                           content=iter([body[:500], body[500:]]))  # chunked upload
             assert resp.content == body
         assert c.head("/hello", headers={"X-Env-Id": "ka"}).status_code == 200
+    r.wait_for(r'ka \| app: "HEAD /hello')  # the app's log comes through a pipe: a moment
     app_lines = [line for line in r.lines if "ka | app:" in line]
     assert len(app_lines) == 21
 
