@@ -11,7 +11,7 @@
  * nanoseconds, so the start-up of this binary is never counted.
  *
  * Usage:
- *   floor [--ns LIST] [--count N | --serve] PROG [ARG...]
+ *   floor [--ns LIST] [--count N | --serve | --hold N] PROG [ARG...]
  *
  *   --ns LIST   namespaces, comma or '+' separated: user, mount (mnt), pid,
  *               uts, ipc, net, cgroup; or "all" (the default, all seven) or
@@ -20,6 +20,10 @@
  *   --serve     read a number k per line on stdin, run k iterations, print
  *               k lines and flush; exit at EOF. spawn_latency.py uses this
  *               to interleave single iterations with the other variants.
+ *   --hold N    start N children running PROG and keep them; print
+ *               "started N"; at a line on stdin, SIGKILL each (a pid
+ *               namespace's init ignores SIGTERM from outside) and print
+ *               "reaped N <ns from the first kill to the last reap>".
  *
  * A failed iteration prints "fail <wait status>" instead of a number.
  * Build: cc -O2 -o floor floor.c
@@ -161,8 +165,45 @@ static void iteration(struct child_arg *a, int flags)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: floor [--ns LIST] [--count N | --serve] PROG [ARG...]\n");
+    fprintf(stderr, "usage: floor [--ns LIST] [--count N | --serve | --hold N] PROG [ARG...]\n");
     exit(2);
+}
+
+/* --hold: N live children, then all killed and reaped at once (the teardown floor). */
+static int hold(struct child_arg *a, int flags, long n)
+{
+    pid_t *pids = calloc((size_t)n, sizeof *pids);
+    if (!pids)
+        return 1;
+    long started = 0;
+    for (; started < n; started++) {
+        pids[started] = clone(child_main, child_stack + sizeof(child_stack), flags | SIGCHLD, a);
+        if (pids[started] < 0) {
+            printf("fail clone:%d\n", errno);
+            break;
+        }
+    }
+    printf("started %ld\n", started);
+    fflush(stdout);
+    char line[64];
+    if (!fgets(line, sizeof(line), stdin)) { /* EOF: still end them */
+    }
+    long long t0 = now_ns();
+    for (long k = 0; k < started; k++)
+        kill(pids[k], SIGKILL);
+    long reaped = 0;
+    while (reaped < started) {
+        int status;
+        pid_t r = waitpid(-1, &status, 0);
+        if (r > 0)
+            reaped++;
+        else if (errno != EINTR)
+            break;
+    }
+    printf("reaped %ld %lld\n", reaped, now_ns() - t0);
+    fflush(stdout);
+    free(pids);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -170,6 +211,7 @@ int main(int argc, char **argv)
     const char *ns = "all";
     long count = 1;
     int serve = 0;
+    long held = 0;
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (strcmp(argv[i], "--") == 0) {
@@ -181,6 +223,8 @@ int main(int argc, char **argv)
             count = strtol(argv[++i], NULL, 10);
         } else if (strcmp(argv[i], "--serve") == 0) {
             serve = 1;
+        } else if (strcmp(argv[i], "--hold") == 0 && i + 1 < argc) {
+            held = strtol(argv[++i], NULL, 10);
         } else {
             usage();
         }
@@ -196,6 +240,8 @@ int main(int argc, char **argv)
     snprintf(a.uid_map, sizeof(a.uid_map), "0 %u 1", (unsigned)geteuid());
     snprintf(a.gid_map, sizeof(a.gid_map), "0 %u 1", (unsigned)getegid());
 
+    if (held > 0)
+        return hold(&a, flags, held);
     if (!serve) {
         for (long k = 0; k < count; k++) {
             fflush(stdout); /* nothing buffered when we clone */

@@ -205,7 +205,11 @@ def build(cc: str | None) -> dict:
         ),
     }
     for name, (src, exe, flags) in jobs.items():
-        if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
+        # Stale by content, not mtime: checkouts of different versions share
+        # the cache, and an older source compiled later must not pass for new.
+        text = src.read_bytes()
+        built_from = exe.with_name(f"{exe.name}.built-from")
+        if exe.exists() and built_from.exists() and built_from.read_bytes() == text:
             out[name] = str(exe)
             continue
         if cc is None:
@@ -214,7 +218,10 @@ def build(cc: str | None) -> dict:
         tmp = exe.with_name(f"{exe.name}.{os.getpid()}")
         r = subprocess.run([cc, *flags, "-o", str(tmp), str(src)], capture_output=True, text=True)
         if r.returncode == 0:
+            tmp_src = built_from.with_name(f"{built_from.name}.{os.getpid()}")
+            tmp_src.write_bytes(text)
             os.replace(tmp, exe)
+            os.replace(tmp_src, built_from)
             out[name] = str(exe)
         else:
             tmp.unlink(missing_ok=True)

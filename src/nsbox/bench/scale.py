@@ -104,8 +104,35 @@ def run(quick: bool, progress) -> dict:
     while our_children() and time.monotonic() < deadline:
         time.sleep(0.05)
     out["leaked"] = our_children()
+    if out["teardown"]["sandboxes"]:
+        out["teardown"]["floor"] = _floor_teardown(out["teardown"]["sandboxes"])
     _print(out)
     return out
+
+
+def _floor_teardown(n: int) -> dict | None:
+    """The C floor holding as many `sleep` children with the same namespaces,
+    SIGKILLed and reaped at once: the kernel's part of a teardown."""
+    import subprocess
+
+    from .latency import build, compiler
+
+    exe = build(compiler()).get("floor")
+    if not exe:
+        return None
+    proc = subprocess.Popen([exe, "--ns", "all", "--hold", str(n), "/bin/sleep", "3600"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        started = proc.stdout.readline().split()
+        proc.stdin.write("kill\n")
+        proc.stdin.flush()
+        reaped = proc.stdout.readline().split()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
+    if len(started) != 2 or len(reaped) != 3:
+        return None
+    return {"sandboxes": int(reaped[1]), "seconds": int(reaped[2]) / 1e9}
 
 
 def _print(out: dict) -> None:
@@ -122,6 +149,9 @@ def _print(out: dict) -> None:
     if td.get("sandboxes"):
         print(f"  teardown: leaving the block killed and reaped {td['sandboxes']} sandboxes in "
               f"{td['seconds']:.2f} s")
+        if td.get("floor"):
+            print(f"  the C floor, as many `sleep` children with the same namespaces SIGKILLed "
+                  f"and reaped at once: {td['floor']['seconds']:.2f} s")
     for step, why in out["skipped"].items():
         print(f"  skipped {step}: {why}")
     print("  processes left after teardown: " + (str(out["leaked"]) if out["leaked"] else "none"))
