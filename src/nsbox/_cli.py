@@ -125,13 +125,30 @@ def _network_arg(value: str) -> str:
     return value
 
 
+_parser_class = None
+
+
+def _strict_parser():
+    """argparse.ArgumentParser whose usage errors raise CliError (one `nsbox:`
+    line, exit 125) instead of exiting 2 with a usage dump. Made on first use:
+    argparse is not imported on the fast path."""
+    global _parser_class
+    if _parser_class is None:
+        import argparse
+
+        class Parser(argparse.ArgumentParser):
+            def error(self, message: str):
+                raise CliError(message)
+
+        _parser_class = Parser
+    return _parser_class
+
+
 def build_parser():
     """The argparse parser: --help, and the messages for argv the fast path declines."""
     import argparse
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # argparse would exit 2 with a usage dump
-            raise CliError(message)
+    Parser = _strict_parser()
 
     class MountAction(argparse.Action):
         """--bind/--ro-bind/--tmpfs append to one list, so their order is kept."""
@@ -578,12 +595,9 @@ every environment stops.
 def _serve(argv: list[str]) -> int:
     import argparse
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):
-            raise CliError(message)
-
-    parser = Parser(prog="python -m nsbox serve", description=SERVE_DESCRIPTION,
-                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = _strict_parser()(prog="python -m nsbox serve", description=SERVE_DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              allow_abbrev=False)
     parser.add_argument("--config", metavar="FILE", required=True,
                         help="the TOML configuration ([serve] and [template] tables)")
     parser.add_argument("--listen", metavar="ADDR:PORT",

@@ -40,6 +40,7 @@ IDLE_UPSTREAMS = 32           # idle keep-alive connections kept per environment
 SPARE_DELAY = 0.05            # after a spare is taken, before its replacement starts
 FAST_WINDOW = 0.02            # a response head within this: no second task for the exchange
 CHUNK = 64 * 1024
+FORWARDED = {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto"}
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
               b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"}
 
@@ -67,7 +68,6 @@ class Env:
     requests: int = 0
     idle: list = dataclasses.field(default_factory=list)  # (stream, h11.Connection)
     ready_time: float | None = None
-    spare: bool = False
     full: bool = False  # it could not start: the machine's limits (a 503)
 
     def describe(self) -> dict:
@@ -197,7 +197,6 @@ class Router:
             log(f"{env_id}: from spare {env.id} (pid {env.box.pid}, {env.box.address}:"
                 f"{env.template.port})")
             env.id = env_id
-            env.spare = False
             env.last_active = time.monotonic()
             self.envs[env_id] = env
             return env
@@ -209,24 +208,20 @@ class Router:
         want = self.config.spares
         while want:
             while len(self.spares) + self.spares_starting < want and not self.shutting_down:
-                env = Env(f"nsbx-spare-{secrets.token_hex(4)}", self.config.template,
-                          spare=True)
+                env = Env(f"nsbx-spare-{secrets.token_hex(4)}", self.config.template)
                 self.spares_starting += 1
                 try:
-                    await self._run_env_until_ready(env)
+                    self.nursery.start_soon(self._run_env, env, name=f"nsbox-serve-{env.id}")
+                    await env.ready.wait()
                 finally:
                     self.spares_starting -= 1
-                if env.state == "ready" and env.spare:
+                if env.state == "ready":
                     self.spares.append(env)
                 elif env.state == "failed":
                     await trio.sleep(1)  # a template that fails: do not spin
             self.want_spares = trio.Event()
             await self.want_spares.wait()
             await trio.sleep(SPARE_DELAY)  # the taken one answers its first request first
-
-    async def _run_env_until_ready(self, env: Env) -> None:
-        self.nursery.start_soon(self._run_env, env, name=f"nsbox-serve-{env.id}")
-        await env.ready.wait()
 
     async def _run_env(self, env: Env) -> None:
         """Start the environment, wait until it is ready, relay its output, and
@@ -645,16 +640,14 @@ class _Client:
         (status, body bytes sent to the client, keep the client connection)."""
         tokens = _connection_tokens(req.headers)
         upgrade = _header(req.headers, b"upgrade") if b"upgrade" in tokens else None
-        drop = HOP_BY_HOP | tokens | {b"expect"}
-        headers = [(k, v) for k, v in req.headers if k not in drop
-                   and k not in (b"x-forwarded-host", b"x-forwarded-proto")]
+        # X-Forwarded-For: appended to (as nginx's $proxy_add_x_forwarded_for);
+        # -Host and -Proto: ours, replacing what the client said.
+        drop = HOP_BY_HOP | tokens | FORWARDED | {b"expect"}
+        headers = [(k, v) for k, v in req.headers if k not in drop]
+        xff = [v for k, v in req.headers if k == b"x-forwarded-for"]
         host = _header(req.headers, b"host")
         if host is None:  # HTTP/1.0
             headers.append((b"host", env.id.encode()))
-        # X-Forwarded-For: appended to (as nginx's $proxy_add_x_forwarded_for);
-        # -Host and -Proto: ours, replacing what the client said.
-        xff = [v for k, v in headers if k == b"x-forwarded-for"]
-        headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
         headers += [(b"x-forwarded-for", b", ".join([*xff, self.peer.encode()])),
                     (b"x-forwarded-host", (host or env.id).encode("latin-1")),
                     (b"x-forwarded-proto", b"http")]
@@ -715,8 +708,8 @@ class _Exchange:
             self.scope.cancel()
 
     def _bodyless(self) -> bool:
-        headers = self.c.conn  # the client's request, as h11 read it
-        if headers.their_state is not h11.SEND_BODY or headers.they_are_waiting_for_100_continue:
+        conn = self.c.conn  # the client's side, as h11 read the request
+        if conn.their_state is not h11.SEND_BODY or conn.they_are_waiting_for_100_continue:
             return False
         if any(k in (b"transfer-encoding", b"upgrade") for k, _ in self.req.headers):
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 import nsbox
 from nsbox._serve import EnvFailed, Full, Router
@@ -82,7 +83,7 @@ def test_max_envs_counts_starting_environments():
         async with trio.open_nursery() as n:
             n.start_soon(router.get_env, "a")
             n.start_soon(router.get_env, "b")
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(Full, match="maximum"):
                 await router.get_env("c")
             assert sup.starts == 2

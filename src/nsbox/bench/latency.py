@@ -640,11 +640,11 @@ def make_variants(
             if all_label is None:
                 skip(peer, "measured with the `all` namespace set only")
                 continue
-            argv, what = how
-            make = argv if callable(argv) else (lambda argv=argv: argv)
-            problem = peers.probe(make())
-            if problem is not None:
-                skip(peer, f"does not run here: {problem}")
+            make, what = how
+            try:
+                subprocess_once(make())()  # a probe run
+            except (Failure, OSError, subprocess.TimeoutExpired) as e:
+                skip(peer, f"does not run here: {e}")
                 continue
             out.append(Variant(peer, all_label, what, peer_once(make), floor="floor"))
 

@@ -24,7 +24,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 from collections.abc import Callable
 
 PACKAGES = {"runc": "runc", "crun": "crun", "firejail": "firejail",
@@ -89,9 +88,8 @@ def _bundle(cache: pathlib.Path) -> pathlib.Path:
     return bundle
 
 
-def commands(cache: pathlib.Path) -> dict[str, tuple[list[str] | Callable[[], list[str]],
-                                                    str] | str]:
-    """peer -> (argv or a maker of a fresh argv per run, what it is) or why not."""
+def commands(cache: pathlib.Path) -> dict[str, tuple[Callable[[], list[str]], str] | str]:
+    """peer -> (a maker of the argv for one run, what it is), or why it cannot run."""
     out: dict = {}
     root = os.geteuid() == 0
     for oci in ("runc", "crun"):
@@ -116,7 +114,8 @@ def commands(cache: pathlib.Path) -> dict[str, tuple[list[str] | Callable[[], li
     if not path:
         out["firejail"] = "not installed (Debian: apt-get install firejail)"
     else:
-        out["firejail"] = ([path, "--quiet", "--noprofile", "--net=none", "--noroot", "true"],
+        argv = [path, "--quiet", "--noprofile", "--net=none", "--noroot", "true"]
+        out["firejail"] = ((lambda argv=argv: argv),
                            "firejail --noprofile --net=none --noroot true: user, mount, pid "
                            "and net namespaces (no uts, ipc, cgroup)")
     path = shutil.which("systemd-nspawn")
@@ -134,16 +133,3 @@ def commands(cache: pathlib.Path) -> dict[str, tuple[list[str] | Callable[[], li
                                               "--private-network true: mount, pid, uts, ipc, "
                                               "net namespaces (no user namespace)")
     return out
-
-
-def probe(argv: list[str]) -> str | None:
-    """None if one run succeeds, else the last line it printed."""
-    try:
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return str(exc)
-    if r.returncode == 0:
-        return None
-    lines = r.stderr.decode(errors="replace").strip().splitlines()
-    return f"exit {r.returncode}: {lines[-1] if lines else ''}"
