@@ -385,11 +385,13 @@ class Sandbox:
             f"nsbox: the sandbox died during setup (status {info}) without a report",
         )
 
-    def _unpark(self, args: tuple[str, ...], env: tuple[tuple[str, str], ...], cwd: str | None,
+    def _unpark(self, args: tuple[str, ...], env: tuple[tuple[str, str], ...] | None,
+                cwd: str | None,
                 cwd_required: bool, stdin: object = None, stdout: object = None,
                 stderr: object = None) -> None:
         """Run a command in this parked warm-pool slot: send the per-run parts
-        (argv, environment, cwd, stdio fds) to its init; then _complete_start.
+        (argv, environment (None: the caller's), cwd, stdio fds) to its init;
+        then _complete_start.
         OSError (a slot that died meanwhile) leaves the slot to be discarded."""
         import socket
         import struct
@@ -401,10 +403,13 @@ class Sandbox:
             flags = sum(1 << i for i, fd in enumerate(stdio) if fd >= 0)
             flags |= 8 if cwd_required else 0
             cwdb = os.fsencode(cwd) + b"\0" if cwd else b""
+            if env is None:  # the caller's, as bytes already
+                envb = [k + b"=" + v + b"\0" for k, v in os.environb.items()]
+            else:
+                envb = [os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env]
             blob = b"".join([
-                struct.pack("=IIII", len(args), len(env), flags, len(cwdb)), cwdb,
-                *(os.fsencode(a) + b"\0" for a in args),
-                *(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env),
+                struct.pack("=IIII", len(args), len(envb), flags, len(cwdb)), cwdb,
+                *(os.fsencode(a) + b"\0" for a in args), *envb,
             ])
             socket.send_fds(self._park_sock, [blob], [fd for fd in stdio if fd >= 0])
         except BaseException:

@@ -32,10 +32,10 @@ from contextlib import asynccontextmanager
 import trio
 
 from . import _errors
-from ._frozen import Frozen
+from ._frozen import Frozen, _restore
 from ._process import DEVNULL, Sandbox, run_stdio
 from ._protocol import RECORD_SIZE
-from ._spec import SPEC_OPTIONS, Spec, make_spec
+from ._spec import SPEC_FIELDS, SPEC_OPTIONS, Spec, _args, _env, check_path, make_spec
 
 __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
            "Pool", "capacity_limits"]
@@ -48,6 +48,11 @@ _SLOT_ARGS = ("nsbox-warm-slot",)  # a parked slot's placeholder command
 # the command runs: init's final record goes to a slot of one shared file (_StatusSlots).
 # (Warm slots, timings=True and stdio pipes take more: the reserve and EMFILE bound those.)
 FDS_PER_SANDBOX = 1
+# After a warm slot is taken, its pool waits this long before making another:
+# the clone, namespaces and mounts of a refill take a CPU for a millisecond or
+# more, which would compete with the start that took the slot (and with the
+# rest of a burst) instead of running after it.
+REFILL_DELAY = 0.02
 FD_RESERVE = 64
 
 
@@ -303,12 +308,46 @@ def _pool_key(spec: Spec) -> Spec:
     return spec.replace(args=_SLOT_ARGS, env={}, cwd=None)
 
 
+def _frozen_value(value: object) -> object:
+    """A hashable stand-in for an option's value that equals another's only
+    when make_spec would read both the same (types compared too: 1 is not
+    True). TypeError for kinds not known to be safe: those take the slow way."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return kind, value
+    if kind in (tuple, list):
+        return kind, tuple(_frozen_value(v) for v in value)
+    if kind in (frozenset, set):
+        return kind, frozenset(_frozen_value(v) for v in value)
+    if isinstance(value, Frozen):
+        return kind, value
+    raise TypeError(kind.__name__)
+
+
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _signature(options: dict) -> tuple:
+    return tuple(sorted((k, _frozen_value(v)) for k, v in options.items()))
+
+
+def _run_spec(key: Spec, args: object, env: object, cwd: object) -> Spec:
+    """The pool's spec with one run's args, env and cwd, each validated as Spec
+    does; the other fields were validated with the pool's (no field's checks
+    involve these three)."""
+    run = {"args": _args(args), "env": _env(env),
+           "cwd": None if cwd is None else check_path(cwd, "cwd")}
+    return _restore(Spec, [run[f] if f in run else getattr(key, f) for f in SPEC_FIELDS])
+
+
 class Pool:
     """Warm slots of one spec (from sup.pool): sandboxes whose namespaces,
     filesystem, network and cgroup are ready and whose init waits for a
     command. A start() or run() whose spec matches takes a slot: only the
     command (argv, environment, cwd, stdio) is sent, and it execs. Slots are
-    single-use; the pool refills them in the background, one at a time."""
+    single-use; the pool refills them in the background, one at a time,
+    starting REFILL_DELAY seconds after a take (off the path of the starts
+    that take them)."""
 
     def __init__(self, sup: Supervisor, key: Spec, size: int):
         self._sup = sup
@@ -342,6 +381,7 @@ class Pool:
                 if len(self._ready) >= self.size:
                     self._wake = trio.Event()
                     await self._wake.wait()
+                    await trio.sleep(REFILL_DELAY)
                     continue
                 await sup._acquire(wait=True)
                 made: list[Sandbox] = []
@@ -383,6 +423,7 @@ class Pool:
         """Stop refilling and end the ready slots."""
         self._discard_all()
         self._sup._pools.pop(self.spec, None)
+        self._sup._warm_index.clear()
 
     def __repr__(self) -> str:
         return f"<nsbox.Pool ready={self.ready}/{self.size} taken={self.taken}>"
@@ -415,6 +456,8 @@ class Supervisor:
         self._failed = 0
         self._live: set[SupervisedSandbox] = set()
         self._pools: dict[Spec, Pool] = {}
+        # Start options (signature) -> the pool they match, or None (_warm_match).
+        self._warm_index: dict[tuple, Pool | None] = {}
         self._closed = False
         self._none_live: trio.Event | None = None  # set when the last live one ends (shutdown)
         # Real sandboxes report their end into a shared file (tests' fakes do not).
@@ -499,16 +542,45 @@ class Supervisor:
         self._nursery.start_soon(handle._watch, name=f"nsbox-watch-{box.pid}")
         return handle
 
+    def _warm_match(self, args: object, options: dict) -> tuple[Pool | None, Spec | None]:
+        """The pool whose slots fit a start, and the start's spec (None, None when
+        no pool does). Options seen before map to their pool without building
+        and hashing two Specs: only the per-run parts (args, env, cwd) are
+        validated, and the spec is the pool's with them in place."""
+        spec_options = {k: v for k, v in options.items() if k in SPEC_OPTIONS}
+        env, cwd = spec_options.pop("env", None), spec_options.pop("cwd", None)
+        sig = None
+        if not isinstance(args, Spec):
+            try:
+                sig = _signature(spec_options)
+            except TypeError:  # a value of a kind not known to compare safely
+                pass
+        if sig is not None and sig in self._warm_index:
+            pool = self._warm_index[sig]
+            if pool is None:
+                return None, None
+            return pool, _run_spec(pool.spec, args, env, cwd)
+        if env is not None:
+            spec_options["env"] = env
+        if cwd is not None:
+            spec_options["cwd"] = cwd
+        spec = make_spec(args, **spec_options)
+        pool = None
+        if not (spec.pass_fds or spec.name is not None or spec.publish):
+            pool = self._pools.get(_pool_key(spec))
+        if sig is not None:
+            if len(self._warm_index) >= 256:
+                self._warm_index.clear()
+            self._warm_index[sig] = pool
+        return pool, spec
+
     async def _start_warm(self, args: object, options: dict) -> SupervisedSandbox | None:
         """Start in a warm slot of a matching pool; None when there is none ready."""
-        spec = make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
-        if spec.pass_fds or spec.name is not None or spec.publish:
-            return None
-        pool = self._pools.get(_pool_key(spec))
+        pool, spec = self._warm_match(args, options)
         slot = pool._take() if pool is not None else None
         if slot is None:
             return None
-        env = spec.env if spec.env is not None else tuple(os.environ.items())
+        env = spec.env  # None: the caller's, sent as it is (os.environb)
         if spec.cwd is not None:
             cwd, required = spec.cwd, True
         else:
@@ -564,6 +636,7 @@ class Supervisor:
             raise ValueError("this supervisor already has a pool for that spec")
         pool = Pool(self, key, size)
         self._pools[key] = pool
+        self._warm_index.clear()
         self._nursery.start_soon(pool._refill, name="nsbox-pool-refill")
         return pool
 

@@ -314,12 +314,21 @@ def test_warm_pool_serves_matching_starts_with_per_run_parts():
                               cwd="/etc", input=b"in", capture_output=True)
             assert (r.returncode, r.stdout, r.reason) == (4, b"bar /etc warm\nin", "exited")
             assert pool.taken == 1
+            # Options seen before take the quick way to the pool: the per-run
+            # parts are still validated there, before a slot is taken.
+            for bad in ({"args": ["a\0b"]}, {"args": ["true"], "env": {"A=": "1"}},
+                        {"args": ["true"], "cwd": "relative"}):
+                with pytest.raises(nsbox.SpecError):
+                    await sup.run(bad.pop("args"), hostname="warm", **bad)
+            assert pool.taken == 1 and sup.statistics().failed == 0
             # A spec that differs beyond args/env/cwd starts cold.
             r = await sup.run(["hostname"], hostname="cold", capture_output=True)
             assert r.stdout == b"cold\n" and pool.taken == 1
             # Setup errors from a slot raise as from a cold start.
+            await _wait_ready(pool, 2)  # refills start a little after a take
             with pytest.raises(nsbox.CommandNotFoundError):
                 await sup.run(["/nonexistent"], hostname="warm")
+            await _wait_ready(pool, 2)
             with pytest.raises(nsbox.SandboxSetupError) as info:
                 await sup.run(["true"], hostname="warm", cwd="/nonexistent-dir")
             assert info.value.stage == "chdir"

@@ -10,12 +10,22 @@ import signal
 import pytest
 import trio
 import trio.testing
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from nsbox_strategies import (
+    abs_paths,
+    argvs,
+    envs,
+    hostile_argvs,
+    hostile_envs,
+    hostnames,
+    ids,
+    mount_lists,
+)
 
 import nsbox
-from nsbox._supervisor import open_supervisor
+from nsbox._supervisor import _pool_key, _run_spec, _signature, open_supervisor
 
 
 class FakeBox:
@@ -228,3 +238,47 @@ class SupervisorMachine(RuleBasedStateMachine):
 
 TestSupervisorMachine = SupervisorMachine.TestCase
 TestSupervisorMachine.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)
+
+
+# -- the warm-start index: options seen before map to their pool without two Specs --
+
+
+@settings(max_examples=200, deadline=None)
+@given(args=argvs(), env=st.one_of(st.none(), envs()), cwd=st.one_of(st.none(), abs_paths()),
+       hostname=st.one_of(st.none(), hostnames()), uid=st.one_of(st.none(), ids()),
+       mounts=mount_lists(), network=st.sampled_from(["none", "host"]))
+def test_a_run_spec_from_the_pools_key_is_the_spec_make_spec_builds(args, env, cwd, hostname,
+                                                                      uid, mounts, network):
+    options = {"hostname": hostname, "uid": uid, "mounts": mounts, "network": network}
+    spec = nsbox.Spec(args, env=env, cwd=cwd, **options)
+    made = _run_spec(_pool_key(spec), args, env, cwd)
+    assert made == spec and made._values() == spec._values()
+    assert hash(made) == hash(spec)
+
+
+@settings(max_examples=200, deadline=None)
+@given(args=hostile_argvs(), env=hostile_envs())
+def test_a_run_spec_validates_args_and_env_as_a_spec_does(args, env):
+    key = _pool_key(nsbox.Spec(["x"]))
+    try:
+        expected = nsbox.Spec(args, env=env)
+    except nsbox.SpecError as exc:
+        with pytest.raises(nsbox.SpecError) as info:
+            _run_spec(key, args, env, None)
+        assert str(info.value) == str(exc)
+    else:
+        assert _run_spec(key, args, env, None) == expected
+
+
+def test_signatures_tell_apart_what_make_spec_reads_differently():
+    same = ({"uid": 1, "namespaces": ("user", "pid")}, {"namespaces": ("user", "pid"), "uid": 1})
+    assert _signature(same[0]) == _signature(same[1])
+    for a, b in [({"uid": 1}, {"uid": True}), ({"uid": 0}, {"uid": 0.0}),
+                 ({"namespaces": ("user",)}, {"namespaces": ["user"]}),
+                 ({"namespaces": ("user", "pid")}, {"namespaces": ("pid", "user")}),
+                 ({"mounts": [nsbox.Tmpfs("/a")]}, {"mounts": [nsbox.Tmpfs("/a", size="1M")]}),
+                 ({"hostname": "a"}, {})]:
+        assert _signature(a) != _signature(b), (a, b)
+    for odd in ({"limits": {"memory": "1G"}}, {"mounts": [object()]}):
+        with pytest.raises(TypeError):  # not known to compare safely: the slow way
+            _signature(odd)
