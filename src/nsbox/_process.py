@@ -403,8 +403,8 @@ class Sandbox:
             flags = sum(1 << i for i, fd in enumerate(stdio) if fd >= 0)
             flags |= 8 if cwd_required else 0
             cwdb = os.fsencode(cwd) + b"\0" if cwd else b""
-            if env is None:  # the caller's, as bytes already
-                envb = [k + b"=" + v + b"\0" for k, v in os.environb.items()]
+            if env is None:  # the caller's, as bytes already (see _environ_key)
+                envb = [k + b"=" + v + b"\0" for k, v in _environ_key()]
             else:
                 envb = [os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env]
             blob = b"".join([

@@ -661,6 +661,17 @@ class Supervisor:
         run_stdio(options, input, capture_output)
         box = await self.start(args, **options)
         task_status.started(box)
+        if timeout is None and box.stdin is None and box.stdout is None and box.stderr is None:
+            # Nothing to feed, drain or time: wait for the end, no nursery.
+            try:
+                result = await box.wait()
+            except BaseException:
+                await box.aclose()
+                raise
+            if check and result.returncode:
+                raise subprocess.CalledProcessError(result.returncode, box.args, output=None,
+                                                    stderr=None)
+            return result
         chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         timed_out = False
         try:
