@@ -131,6 +131,7 @@ static int nl_talk(int fd, struct nl_req *r)
 static int wire_veth(const struct nsbox_spec *s, int fd, int pid)
 {
     struct nl_req r;
+    const uint32_t one = 1;
     struct ifinfomsg ifi;
     memset(&ifi, 0, sizeof ifi);
     ifi.ifi_family = AF_UNSPEC;
@@ -139,6 +140,12 @@ static int wire_veth(const struct nsbox_spec *s, int fd, int pid)
     nl_start(&r, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifi, sizeof ifi);
     nl_put(&r, IFLA_IFNAME, s->net_host_if, strlen(s->net_host_if) + 1);
     nl_put(&r, IFLA_MASTER, &s->net_bridge, sizeof s->net_bridge);
+    /* One queue each way, asked for: a veth left to its default gets a queue
+     * per CPU and is then cut down to one after registration, which waits for
+     * an RCU grace period under the rtnl lock (a long wait while the machine
+     * tears down namespaces by the thousand). */
+    nl_put(&r, IFLA_NUM_TX_QUEUES, &one, sizeof one);
+    nl_put(&r, IFLA_NUM_RX_QUEUES, &one, sizeof one);
     struct rtattr *info = nl_put(&r, IFLA_LINKINFO, NULL, 0);
     nl_put(&r, IFLA_INFO_KIND, "veth", 4);
     struct rtattr *data = nl_put(&r, IFLA_INFO_DATA, NULL, 0);
@@ -148,6 +155,8 @@ static int wire_veth(const struct nsbox_spec *s, int fd, int pid)
     pifi.ifi_family = AF_UNSPEC;
     nl_put_raw(&r, &pifi, sizeof pifi);
     nl_put(&r, IFLA_IFNAME, "eth0", 5);
+    nl_put(&r, IFLA_NUM_TX_QUEUES, &one, sizeof one);
+    nl_put(&r, IFLA_NUM_RX_QUEUES, &one, sizeof one);
     uint32_t target = (uint32_t)pid;
     nl_put(&r, IFLA_NET_NS_PID, &target, sizeof target);
     nl_end(&r, peer);

@@ -418,3 +418,27 @@ def test_ended_namespaces_are_let_go_in_batches_while_others_start(nets, monkeyp
             time.sleep(0.05)
         assert (status["ports"], status["free"], status["dying"], status["leases"]) == \
             (0, free, 0, 0)
+
+
+def test_the_teardown_pacer_takes_a_veth_off_its_bridge():
+    """_net.Links.detach (a raw rtnetlink request, run by the hub for every ended
+    sandbox before its namespace goes), in a net namespace of its own."""
+    code = (
+        "import socket\n"
+        "from pyroute2 import IPRoute\n"
+        "from nsbox import _net\n"
+        "ipr = IPRoute()\n"
+        "ipr.link('add', ifname='nsbxbr', kind='bridge')\n"
+        "br = ipr.link_lookup(ifname='nsbxbr')[0]\n"
+        "ipr.link('add', ifname='nsbxa', kind='veth', peer='nsbxb')\n"
+        "ipr.link('set', index=socket.if_nametoindex('nsbxa'), master=br)\n"
+        "def master():\n"
+        "    return ipr.get_links(socket.if_nametoindex('nsbxa'))[0].get_attr('IFLA_MASTER')\n"
+        "links = _net.Links()\n"
+        "print(master() == br, links.detach('nsbxa'), master(), links.detach('nsbxnone'))\n"
+        "links.close()\n"
+    )
+    r = subprocess.run(["unshare", "--user", "--map-root-user", "--net", sys.executable, "-c",
+                        code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "None", "False"]

@@ -138,10 +138,10 @@ def run(quick: bool, progress) -> dict:
                 if c:
                     step["wiring_ms"] = step["with_network_p50_ms"] - step["without_network_p50_ms"]
                 out["steps"][str(n)] = step
-            # Half the sandboxes end while new ones keep starting (the hub then
-            # lets their namespaces go in batches); the same beside it on a
-            # network whose hub does not pace; then the rest end with nothing
-            # starting (all at once).
+            # Half the sandboxes end while new ones keep starting (the hub
+            # takes their veths off the bridge and lets their namespaces go in
+            # batches); the same beside it on a network whose hub does not pace;
+            # then the rest end with nothing starting.
             half, rest = live[: len(live) // 2], live[len(live) // 2:]
             out["starts_during_teardown"] = _starts_during_teardown(net, half)
             unpaced = nsbox.Network(f"nsbx-bench-np{os.getpid()}")
@@ -164,6 +164,7 @@ def run(quick: bool, progress) -> dict:
             finally:
                 os.environ.pop("NSBOX_HUB_TEARDOWN_BATCH", None)
             live = rest
+            links = [box._net.host_if for box in live]
             t = time.perf_counter()
             for box in live:
                 box.kill()
@@ -172,7 +173,7 @@ def run(quick: bool, progress) -> dict:
                 box.close()
             reaped = time.perf_counter() - t
             deadline = time.monotonic() + 60
-            while _network.status(net)["ports"] and time.monotonic() < deadline:
+            while _network.status(net, links)["present"] and time.monotonic() < deadline:
                 time.sleep(0.01)
             gone = time.perf_counter() - t
             status = _network.status(net)
@@ -212,7 +213,7 @@ def _print(out: dict) -> None:
     if any(v is None for v in out["ip_batch_ms_per_pair"].values()):
         print("  (ip -b fails past 1,024 pairs: a bridge's ports; nsbox spreads a network over "
               "several bridges)")
-    for key, how in (("starts_during_teardown", "namespaces let go in batches"),
+    for key, how in (("starts_during_teardown", "paced: off the bridge, then in batches"),
                      ("starts_during_teardown_unpaced", "a hub that does not pace: all at once")):
         sd = out.get(key)
         if sd:
