@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import uuid
 
 import pytest
+from nsbx_test_helpers import SANDBOX_PYTHON
 
 import nsbox
 
@@ -291,6 +294,53 @@ def test_tmp_is_private_empty_writable_tmpfs():
     finally:
         if host_file:
             os.unlink(host_file)
+
+
+ESCAPE = r"""
+import ctypes, os, sys
+marker = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def seen():
+    return os.path.exists(marker) or os.path.exists("/dev/" + sys.argv[2])
+out = [seen()]
+for path in (b"/tmp", b"/dev", b"/proc"):  # what the sandbox's mounts cover
+    rc = libc.umount2(path, 2)  # MNT_DETACH
+    out.append(rc == 0 or ctypes.get_errno())
+os.mkdir("/tmp/j")  # the classic chroot escape (the command has CAP_SYS_CHROOT)
+os.chroot("/tmp/j")
+for _ in range(64):
+    os.chdir("..")
+os.chroot(".")
+out.append(seen())
+try:
+    open("/nsbx-escaped", "w")
+    out.append("wrote /")
+except OSError as exc:
+    out.append(exc.errno)
+print(out)
+"""
+
+
+MINIMAL_DEV = {"null", "zero", "full", "random", "urandom", "tty", "fd", "stdin", "stdout",
+               "stderr", "ptmx", "pts", "shm"}
+
+
+def test_what_the_mounts_cover_stays_out_of_reach():
+    """The host's /tmp, /dev and /proc lie under the sandbox's own mounts (the
+    root is the mount namespace's copy of the host's, made read-only in place):
+    the command can neither unmount them nor climb out of a chroot to them."""
+    name = f"nsbx-cover-{uuid.uuid4().hex}"
+    marker = os.path.join("/tmp", name)
+    with open(marker, "w") as f:
+        f.write("host")
+    try:
+        host_dev = next(n for n in sorted(os.listdir("/dev")) if n not in MINIMAL_DEV)
+        got = sh(f"{shlex.quote(SANDBOX_PYTHON)} -c {shlex.quote(ESCAPE)} {marker} {host_dev}")
+    finally:
+        os.unlink(marker)
+    assert got.strip() == str([False, errno.EPERM, errno.EPERM, errno.EPERM, False,
+                               errno.EROFS])
+    assert not os.path.exists("/nsbx-escaped")
 
 
 def test_tmp_is_not_shared_between_sandboxes():
