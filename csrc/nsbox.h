@@ -68,7 +68,7 @@ enum nsbox_phase {
     NSBOX_PHASE_CHILD = 1,      /* child: first instruction of setup */
     NSBOX_PHASE_CGROUP = 2,     /* child: in its cgroup */
     NSBOX_PHASE_ID_MAP = 3,     /* child: id maps written */
-    NSBOX_PHASE_MOUNTS = 4,     /* child: filesystem built, pivot_root done */
+    NSBOX_PHASE_MOUNTS = 4,     /* child: filesystem built (pivot_root done, if any) */
     NSBOX_PHASE_NETWORK = 5,    /* child: hostname set, loopback (and eth0) up */
     NSBOX_PHASE_PRIVILEGES = 6, /* child: capabilities dropped, ids set */
     NSBOX_PHASE_EXEC_INIT = 7,  /* child: fds and cwd ready, execveat of nsbox-init */

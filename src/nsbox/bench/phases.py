@@ -25,7 +25,7 @@ WHAT = {
     "child": "clone3 with the namespaces, until the child runs",
     "cgroup": "joining the cgroup (only with cgroup limits)",
     "id_map": "uid/gid maps",
-    "mounts": "root tree, /dev, /proc, /tmp, user mounts, pivot_root",
+    "mounts": "the root (read-only in place), /dev, /proc, /tmp, user mounts",
     "network": "hostname, loopback up (on a network: the hop's veth awaited, eth0 set up)",
     "privileges": "capability bounding set, no_new_privs, ids",
     "exec_init": "fds, cwd",
