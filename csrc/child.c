@@ -605,8 +605,10 @@ static void build_filesystem(const struct nsbox_spec *s)
         TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, fchdir(root));
         TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, sys_pivot_root(".", "."));
         TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, sys_umount2(".", MNT_DETACH));
-        TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, chdir("/"));
     }
+    /* Off the caller's directory, which may now lie under one of our mounts
+     * (change_dir goes back to it by path, in the sandbox's view). */
+    TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, chdir("/"));
     close(root);
 }
 

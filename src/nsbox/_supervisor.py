@@ -580,7 +580,7 @@ class Supervisor:
         slot = pool._take() if pool is not None else None
         if slot is None:
             return None
-        env = spec.env  # None: the caller's, sent as it is (os.environb)
+        env = spec.env  # None: the caller's, sent as it is (see Sandbox._unpark)
         if spec.cwd is not None:
             cwd, required = spec.cwd, True
         else:

@@ -343,6 +343,28 @@ def test_what_the_mounts_cover_stays_out_of_reach():
     assert not os.path.exists("/nsbx-escaped")
 
 
+def test_a_caller_directory_under_what_the_mounts_cover_is_not_the_commands(monkeypatch):
+    """The caller's cwd in the host's /tmp: the sandbox's /tmp is its own, so the
+    command starts in / (not left on the host's directory under the mount)."""
+    base = f"/tmp/nsbx-cwd-{uuid.uuid4().hex}"
+    os.mkdir(base)
+    try:
+        with open(os.path.join(base, "host-secret"), "w") as f:
+            f.write("x")
+        monkeypatch.chdir(base)
+        assert sh("pwd; ls -A; cat host-secret 2>&1 || true").splitlines()[:1] == ["/"]
+        assert "host-secret\n" not in sh("ls -A")
+        assert sh("cat host-secret 2>/dev/null || echo none") == "none\n"
+        # A cwd the caller cannot name any more (removed): / as well.
+        os.mkdir(os.path.join(base, "gone"))
+        monkeypatch.chdir(os.path.join(base, "gone"))
+        os.rmdir(os.path.join(base, "gone"))
+        assert sh("pwd") == "/\n"
+    finally:
+        monkeypatch.undo()
+        shutil.rmtree(base)
+
+
 def test_tmp_is_not_shared_between_sandboxes():
     sh("echo one > /tmp/nsbx-shared")
     assert sh("ls -A /tmp") == ""
