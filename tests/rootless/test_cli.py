@@ -356,6 +356,10 @@ def _finish(proc: subprocess.Popen, timeout: float = 10) -> int | None:
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
+        # A hang: what the CLI's process tree was doing (pytest shows it with the failure).
+        tree = subprocess.run(["ps", "-e", "-o", "pid,ppid,stat,wchan:24,args", "--forest"],
+                              capture_output=True, text=True).stdout
+        print(f"the CLI (pid {proc.pid}) hung; processes:\n{tree}", file=sys.stderr)
         return None
     finally:
         if proc.poll() is None:
