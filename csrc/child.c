@@ -591,9 +591,7 @@ static void build_filesystem(const struct nsbox_spec *s)
      * mount tree costs an RCU grace period. */
     for (uint32_t i = 0; i < s->n_mounts; i++) {
         inject(s, NSBOX_STAGE_MOUNT, (int)i);
-        int src = i < n_pre ? pre[i] : -1;
-        if (i < n_pre)
-            pre[i] = -1;
+        int src = i < n_pre ? pre[i] : -1; /* do_mount takes it over */
         TRY(s, NSBOX_STAGE_MOUNT, (int)i,
             do_mount(&root, &rerooted, &s->mounts[i], src, hostdev));
     }

@@ -479,13 +479,12 @@ class Hub:
                     batch.append(self.dying.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                if links is None:
-                    links = _net.Links()
-                for lease in batch:
+            for lease in batch:
+                try:
+                    links = links or _net.Links()
                     links.detach(lease.host_if)
-            except OSError:
-                pass  # the namespace's death takes it off the bridge anyway, only slower
+                except OSError:
+                    pass  # the namespace's death takes it off the bridge anyway, only slower
             for lease in batch:
                 os.close(lease.netns)
                 lease.netns = -1

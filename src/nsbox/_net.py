@@ -111,7 +111,6 @@ def address_link(ifname: str, address: ipaddress.IPv4Address, prefix: int) -> No
         raise NetError(exc.code, f"cannot address {ifname}: {exc}") from None
 
 
-
 class Links:
     """Taking veths off their bridges, many times over (the hub's teardown
     pacer): one raw rtnetlink request each on a socket kept open. pyroute2

@@ -548,22 +548,19 @@ class Supervisor:
         and hashing two Specs: only the per-run parts (args, env, cwd) are
         validated, and the spec is the pool's with them in place."""
         spec_options = {k: v for k, v in options.items() if k in SPEC_OPTIONS}
-        env, cwd = spec_options.pop("env", None), spec_options.pop("cwd", None)
         sig = None
         if not isinstance(args, Spec):
             try:
-                sig = _signature(spec_options)
+                sig = _signature({k: v for k, v in spec_options.items()
+                                  if k not in ("env", "cwd")})
             except TypeError:  # a value of a kind not known to compare safely
                 pass
         if sig is not None and sig in self._warm_index:
             pool = self._warm_index[sig]
             if pool is None:
                 return None, None
-            return pool, _run_spec(pool.spec, args, env, cwd)
-        if env is not None:
-            spec_options["env"] = env
-        if cwd is not None:
-            spec_options["cwd"] = cwd
+            return pool, _run_spec(pool.spec, args, spec_options.get("env"),
+                                   spec_options.get("cwd"))
         spec = make_spec(args, **spec_options)
         pool = None
         if not (spec.pass_fds or spec.name is not None or spec.publish):
@@ -661,33 +658,13 @@ class Supervisor:
         run_stdio(options, input, capture_output)
         box = await self.start(args, **options)
         task_status.started(box)
-        if timeout is None and box.stdin is None and box.stdout is None and box.stderr is None:
-            # Nothing to feed, drain or time: wait for the end, no nursery.
-            try:
-                result = await box.wait()
-            except BaseException:
-                await box.aclose()
-                raise
-            if check and result.returncode:
-                raise subprocess.CalledProcessError(result.returncode, box.args, output=None,
-                                                    stderr=None)
-            return result
         chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         timed_out = False
         try:
-            async with trio.open_nursery() as io:
-                if box.stdin is not None:
-                    io.start_soon(_feed, box.stdin, input or b"")
-                for name in ("stdout", "stderr"):
-                    stream = getattr(box, name)
-                    if stream is not None:
-                        io.start_soon(_drain, stream, chunks[name])
-                with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                    await box.wait()
-                if scope.cancelled_caught:
-                    timed_out = True
-                    box._box._cause = "timeout"
-                    await box.kill(grace=0)
+            if timeout is None and box.stdin is None and box.stdout is None and box.stderr is None:
+                await box.wait()  # nothing to feed, drain or time: no nursery
+            else:
+                timed_out = await _pump(box, input, timeout, chunks)
         except BaseException:
             await box.aclose()
             raise
@@ -732,6 +709,26 @@ class Supervisor:
         for handle in list(self._live):
             handle.send_signal(signal.SIGKILL)
         await self._none_live.wait()
+
+
+async def _pump(box: SupervisedSandbox, input: bytes | None, timeout: float | None,
+                chunks: dict[str, list[bytes]]) -> bool:
+    """Feed the sandbox's stdin, drain its stdout/stderr into `chunks` and wait
+    for its end; True when `timeout` passed first (it is then killed at once)."""
+    async with trio.open_nursery() as io:
+        if box.stdin is not None:
+            io.start_soon(_feed, box.stdin, input or b"")
+        for name in ("stdout", "stderr"):
+            stream = getattr(box, name)
+            if stream is not None:
+                io.start_soon(_drain, stream, chunks[name])
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            await box.wait()
+        if scope.cancelled_caught:
+            box._box._cause = "timeout"
+            await box.kill(grace=0)
+            return True
+    return False
 
 
 async def _feed(stream, data: bytes) -> None:

@@ -73,8 +73,6 @@ def test_command_is_pid_2_under_our_init():
 def test_the_command_cannot_reach_its_inits_fds_or_ptrace_it():
     """init holds the caller's pidfd and its report pipe (a supervisor's status
     file too); the command, same uid inside, must not get at them."""
-    from nsbx_test_helpers import SANDBOX_PYTHON
-
     code = (
         "import ctypes, os\n"
         "fds = os.listdir('/proc/1/fd')\n"
@@ -352,7 +350,7 @@ def test_a_caller_directory_under_what_the_mounts_cover_is_not_the_commands(monk
         with open(os.path.join(base, "host-secret"), "w") as f:
             f.write("x")
         monkeypatch.chdir(base)
-        assert sh("pwd; ls -A; cat host-secret 2>&1 || true").splitlines()[:1] == ["/"]
+        assert sh("pwd") == "/\n"
         assert "host-secret\n" not in sh("ls -A")
         assert sh("cat host-secret 2>/dev/null || echo none") == "none\n"
         # A cwd the caller cannot name any more (removed): / as well.
