@@ -711,8 +711,58 @@ def _fields(spec: Spec, *skip: str) -> dict[str, object]:
 SPEC_OPTIONS = frozenset(SPEC_FIELDS) - {"args"}
 
 
+def _frozen_value(value: object) -> object:
+    """A hashable stand-in for an option's value that equals another's only
+    when make_spec would read both the same (types compared too: 1 is not
+    True). TypeError for kinds not known to be safe: those take the slow way."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return kind, value
+    if kind in (tuple, list):
+        return kind, tuple(_frozen_value(v) for v in value)
+    if kind in (frozenset, set):
+        return kind, frozenset(_frozen_value(v) for v in value)
+    if isinstance(value, Frozen):
+        return kind, value
+    raise TypeError(kind.__name__)
+
+
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _signature(options: dict) -> tuple:
+    return tuple(sorted((k, _frozen_value(v)) for k, v in options.items()))
+
+
+# Specs made from plain values, by their signature: the same call (say
+# nsbox.run(["make", "test"], cwd=...), again and again) gets the same Spec, not
+# a new one validated, built and hashed each time. Validation is pure, so the
+# memo changes nothing but the cost; bounded, and cleared when full.
+_memo: dict[tuple, Spec] = {}
+_MEMO_MAX = 256
+
+
 def make_spec(args: object, **options: object) -> Spec:
     """A Spec from args (or a Spec) and options; unknown options are a TypeError."""
+    if not isinstance(args, Spec):
+        try:
+            key = (_frozen_value(args), _signature(options))
+        except TypeError:  # a value of a kind not known to compare safely
+            key = None
+        else:
+            spec = _memo.get(key)
+            if spec is not None:
+                return spec
+        spec = _make_spec(args, options)
+        if key is not None:
+            if len(_memo) >= _MEMO_MAX:
+                _memo.clear()
+            _memo[key] = spec
+        return spec
+    return _make_spec(args, options)
+
+
+def _make_spec(args: object, options: dict) -> Spec:
     unknown = set(options) - SPEC_OPTIONS
     if unknown:
         raise TypeError(f"unexpected sandbox option(s): {', '.join(sorted(unknown))}")

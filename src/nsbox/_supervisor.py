@@ -35,7 +35,7 @@ from . import _errors
 from ._frozen import Frozen, _restore
 from ._process import DEVNULL, Sandbox, run_stdio
 from ._protocol import RECORD_SIZE
-from ._spec import SPEC_FIELDS, SPEC_OPTIONS, Spec, _args, _env, check_path, make_spec
+from ._spec import SPEC_FIELDS, SPEC_OPTIONS, Spec, _args, _env, _signature, check_path, make_spec
 
 __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
            "Pool", "capacity_limits"]
@@ -306,29 +306,6 @@ def _pool_key(spec: Spec) -> Spec:
         raise _errors.SpecError("a warm pool's sandboxes cannot share a name or published "
                                 "ports: start named or publishing sandboxes cold")
     return spec.replace(args=_SLOT_ARGS, env={}, cwd=None)
-
-
-def _frozen_value(value: object) -> object:
-    """A hashable stand-in for an option's value that equals another's only
-    when make_spec would read both the same (types compared too: 1 is not
-    True). TypeError for kinds not known to be safe: those take the slow way."""
-    kind = type(value)
-    if kind in _PLAIN:
-        return kind, value
-    if kind in (tuple, list):
-        return kind, tuple(_frozen_value(v) for v in value)
-    if kind in (frozenset, set):
-        return kind, frozenset(_frozen_value(v) for v in value)
-    if isinstance(value, Frozen):
-        return kind, value
-    raise TypeError(kind.__name__)
-
-
-_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
-
-
-def _signature(options: dict) -> tuple:
-    return tuple(sorted((k, _frozen_value(v)) for k, v in options.items()))
 
 
 def _run_spec(key: Spec, args: object, env: object, cwd: object) -> Spec:

@@ -53,6 +53,29 @@ def test_any_input_builds_a_spec_or_raises_spec_error(args, kwargs):
         assert Spec(**{name: getattr(spec, name) for name in SPEC_FIELDS}) == spec
 
 
+@given(S.hostile_argvs(), S.anything_kwargs())
+def test_make_spec_remembers_only_what_validation_would_repeat(args, kwargs):
+    """make_spec's memo gives a repeated call the Spec it built before: the same
+    result as building it again (or the same error), and never one of an input
+    that merely compares equal (1 and True, a list and a tuple)."""
+    fresh = build(Spec, args, **kwargs)
+    first = build(make_spec, args, **kwargs)
+    again = build(make_spec, args, **kwargs)
+    assert first == fresh and again == fresh
+    if first is not None:
+        assert type(first.args) is tuple
+
+
+def test_make_spec_memo_tells_types_apart():
+    assert make_spec(["true"], uid=1) is make_spec(["true"], uid=1)
+    with pytest.raises(SpecError):
+        make_spec(["true"], uid=True)  # not served from uid=1's entry
+    assert make_spec(["true"], uid=1) is make_spec(["true"], uid=1)
+    assert make_spec(["1"]).args == make_spec(("1",)).args == ("1",)
+    env = {"A": "1"}
+    assert make_spec(["x"], env=env) == make_spec(["x"], env=dict(env))  # dicts: not memoized
+
+
 @given(S.argvs(), S.anything_kwargs(), st.sampled_from(["bogus", "timeout", "stdin", "arg"]))
 def test_unknown_option_names_are_a_type_error(args, kwargs, name):
     with pytest.raises(TypeError, match=name):

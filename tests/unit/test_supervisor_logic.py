@@ -25,7 +25,8 @@ from nsbox_strategies import (
 )
 
 import nsbox
-from nsbox._supervisor import _pool_key, _run_spec, _signature, open_supervisor
+from nsbox._spec import _signature
+from nsbox._supervisor import _pool_key, _run_spec, open_supervisor
 
 
 class FakeBox:
