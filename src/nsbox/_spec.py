@@ -747,6 +747,7 @@ def make_spec(args: object, **options: object) -> Spec:
     if not isinstance(args, Spec):
         try:
             key = (_frozen_value(args), _signature(options))
+            hash(key)  # (an nsbox value holding something unhashable)
         except TypeError:  # a value of a kind not known to compare safely
             key = None
         else:
