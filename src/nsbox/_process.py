@@ -89,6 +89,21 @@ def _environ_key() -> tuple:
     return tuple((os.fsencode(k), os.fsencode(v)) for k, v in os.environ.items())
 
 
+def _environ_blob() -> tuple[bytes, int]:
+    """The caller's environment as one bytes of NUL-terminated KEY=VALUE
+    strings, and their number (a parked slot's request carries them);
+    rebuilt only when the environment changed."""
+    key = _environ_key()
+    cached = _environ_cache[0]
+    if cached is None or cached[0] != key:
+        cached = (key, b"".join(k + b"=" + v + b"\0" for k, v in key), len(key))
+        _environ_cache[0] = cached  # one tuple: threads see one or the other, whole
+    return cached[1], cached[2]
+
+
+_environ_cache: list = [None]
+
+
 def plan_for(spec: Spec, lease: object = None) -> _plan.Plan:
     """make_plan for the calling process, memoized: a Spec run again costs no replanning.
 
@@ -404,11 +419,13 @@ class Sandbox:
             flags |= 8 if cwd_required else 0
             cwdb = os.fsencode(cwd) + b"\0" if cwd else b""
             if env is None:  # the caller's, as bytes already (see _environ_key)
-                envb = [k + b"=" + v + b"\0" for k, v in _environ_key()]
+                blob_env, nenv = _environ_blob()
+                envb = [blob_env]
             else:
                 envb = [os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env]
+                nenv = len(envb)
             blob = b"".join([
-                struct.pack("=IIII", len(args), len(envb), flags, len(cwdb)), cwdb,
+                struct.pack("=IIII", len(args), nenv, flags, len(cwdb)), cwdb,
                 *(os.fsencode(a) + b"\0" for a in args), *envb,
             ])
             socket.send_fds(self._park_sock, [blob], [fd for fd in stdio if fd >= 0])

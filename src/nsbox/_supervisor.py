@@ -35,7 +35,17 @@ from . import _errors
 from ._frozen import Frozen, _restore
 from ._process import DEVNULL, Sandbox, run_stdio
 from ._protocol import RECORD_SIZE
-from ._spec import SPEC_FIELDS, SPEC_OPTIONS, Spec, _args, _env, _signature, check_path, make_spec
+from ._spec import (
+    SPEC_FIELDS,
+    SPEC_OPTIONS,
+    Spec,
+    _args,
+    _env,
+    _frozen_value,
+    _signature,
+    check_path,
+    make_spec,
+)
 
 __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
            "Pool", "capacity_limits"]
@@ -234,10 +244,10 @@ class SupervisedSandbox:
     async def kill(self, grace: float | None = None) -> None:
         """End the sandbox: SIGTERM, up to `grace` seconds (the supervisor's
         by default; 0 for SIGKILL at once), SIGKILL, and wait until reaped."""
+        if self._exited.is_set():
+            return
         grace = self._sup.grace if grace is None else grace
         with trio.CancelScope(shield=True):
-            if self._exited.is_set():
-                return
             if grace > 0:
                 self._box.send_signal(signal.SIGTERM)
                 with trio.move_on_after(grace):
@@ -248,6 +258,9 @@ class SupervisedSandbox:
 
     async def aclose(self) -> None:
         """Kill (with the grace) if it still runs, close the streams."""
+        if self._exited.is_set() and self.stdin is None and self.stdout is None \
+                and self.stderr is None:
+            return  # (sup.run's usual case: nothing to do, no scope to enter)
         with trio.CancelScope(shield=True):
             await self.kill()
             for s in (self.stdin, self.stdout, self.stderr):
@@ -401,6 +414,7 @@ class Pool:
         self._discard_all()
         self._sup._pools.pop(self.spec, None)
         self._sup._warm_index.clear()
+        self._sup._run_specs.clear()
 
     def __repr__(self) -> str:
         return f"<nsbox.Pool ready={self.ready}/{self.size} taken={self.taken}>"
@@ -435,6 +449,7 @@ class Supervisor:
         self._pools: dict[Spec, Pool] = {}
         # Start options (signature) -> the pool they match, or None (_warm_match).
         self._warm_index: dict[tuple, Pool | None] = {}
+        self._run_specs: dict[tuple, Spec] = {}  # (signature, args, env, cwd) -> run spec
         self._closed = False
         self._none_live: trio.Event | None = None  # set when the last live one ends (shutdown)
         # Real sandboxes report their end into a shared file (tests' fakes do not).
@@ -536,8 +551,19 @@ class Supervisor:
             pool = self._warm_index[sig]
             if pool is None:
                 return None, None
-            return pool, _run_spec(pool.spec, args, spec_options.get("env"),
-                                   spec_options.get("cwd"))
+            env, cwd = spec_options.get("env"), spec_options.get("cwd")
+            try:  # the same command again: the same run spec (see make_spec's memo)
+                key = (sig, _frozen_value(args), _frozen_value(env), _frozen_value(cwd))
+                spec = self._run_specs.get(key)
+            except TypeError:
+                key = spec = None
+            if spec is None:
+                spec = _run_spec(pool.spec, args, env, cwd)
+                if key is not None:
+                    if len(self._run_specs) >= 256:
+                        self._run_specs.clear()
+                    self._run_specs[key] = spec
+            return pool, spec
         spec = make_spec(args, **spec_options)
         pool = None
         if not (spec.pass_fds or spec.name is not None or spec.publish):
@@ -611,6 +637,7 @@ class Supervisor:
         pool = Pool(self, key, size)
         self._pools[key] = pool
         self._warm_index.clear()
+        self._run_specs.clear()
         self._nursery.start_soon(pool._refill, name="nsbox-pool-refill")
         return pool
 
@@ -646,7 +673,7 @@ class Supervisor:
             await box.aclose()
             raise
         await box.aclose()
-        result = await box.wait()
+        result = box._result  # ended: aclose waited for that (the wait was the checkpoint)
         out = b"".join(chunks["stdout"]) if box.stdout is not None else None
         err = b"".join(chunks["stderr"]) if box.stderr is not None else None
         if timed_out:

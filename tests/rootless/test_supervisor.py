@@ -317,7 +317,8 @@ def test_warm_pool_serves_matching_starts_with_per_run_parts():
             # Options seen before take the quick way to the pool: the per-run
             # parts are still validated there, before a slot is taken.
             for bad in ({"args": ["a\0b"]}, {"args": ["true"], "env": {"A=": "1"}},
-                        {"args": ["true"], "cwd": "relative"}):
+                        {"args": ["true"], "cwd": "relative"}, {"args": ["a\0b"]},
+                        {"args": ["true"], "cwd": "relative"}):  # (twice: nothing remembered)
                 with pytest.raises(nsbox.SpecError):
                     await sup.run(bad.pop("args"), hostname="warm", **bad)
             assert pool.taken == 1 and sup.statistics().failed == 0
@@ -334,6 +335,27 @@ def test_warm_pool_serves_matching_starts_with_per_run_parts():
             assert info.value.stage == "chdir"
             await _wait_ready(pool, 2)  # refilled in the background
             assert pool.taken == 3 and sup.statistics().failed == 2
+
+    arun(main)
+
+
+def test_warm_runs_see_the_callers_environment_as_it_is_then(monkeypatch):
+    """A warm slot gets the caller's environment of the moment it is taken
+    (env=None), though the same start is made again and again."""
+    async def main():
+        async with nsbox.open_supervisor() as sup:
+            pool = sup.pool(["placeholder"], size=1, hostname="warm")
+            for value in ("one", "two", "two", "three"):
+                monkeypatch.setenv("NSBX_WARM_VALUE", value)
+                await _wait_ready(pool, 1)
+                r = await sup.run(["sh", "-c", "echo $NSBX_WARM_VALUE"], hostname="warm",
+                                  capture_output=True)
+                assert r.stdout == f"{value}\n".encode()
+            monkeypatch.delenv("NSBX_WARM_VALUE")
+            await _wait_ready(pool, 1)
+            r = await sup.run(["sh", "-c", "echo ${NSBX_WARM_VALUE-unset}"], hostname="warm",
+                              capture_output=True)
+            assert r.stdout == b"unset\n" and pool.taken == 5
 
     arun(main)
 
