@@ -734,33 +734,42 @@ def _signature(options: dict) -> tuple:
     return tuple(sorted((k, _frozen_value(v)) for k, v in options.items()))
 
 
+MEMO_MAX = 256  # entries a memo of Specs keeps before it starts over
+
+
+def remembered(cache: dict, key_of, make, *args):
+    """make(*args), remembered in `cache` under key_of(*args) when that key is
+    made of values _frozen_value knows (else a TypeError: made each time);
+    bounded, cleared when full. For pure makers only: the memo changes nothing
+    but the cost."""
+    try:
+        key = key_of(*args)
+        value = cache.get(key)  # (hashing: an nsbox value may hold something unhashable)
+    except TypeError:  # a value of a kind not known to compare safely
+        return make(*args)
+    if value is None:
+        value = make(*args)
+        if len(cache) >= MEMO_MAX:
+            cache.clear()
+        cache[key] = value
+    return value
+
+
 # Specs made from plain values, by their signature: the same call (say
 # nsbox.run(["make", "test"], cwd=...), again and again) gets the same Spec, not
-# a new one validated, built and hashed each time. Validation is pure, so the
-# memo changes nothing but the cost; bounded, and cleared when full.
+# a new one validated, built and hashed each time. Validation is pure.
 _memo: dict[tuple, Spec] = {}
-_MEMO_MAX = 256
 
 
 def make_spec(args: object, **options: object) -> Spec:
     """A Spec from args (or a Spec) and options; unknown options are a TypeError."""
-    if not isinstance(args, Spec):
-        try:
-            key = (_frozen_value(args), _signature(options))
-            hash(key)  # (an nsbox value holding something unhashable)
-        except TypeError:  # a value of a kind not known to compare safely
-            key = None
-        else:
-            spec = _memo.get(key)
-            if spec is not None:
-                return spec
-        spec = _make_spec(args, options)
-        if key is not None:
-            if len(_memo) >= _MEMO_MAX:
-                _memo.clear()
-            _memo[key] = spec
-        return spec
-    return _make_spec(args, options)
+    if isinstance(args, Spec):
+        return _make_spec(args, options)
+    return remembered(_memo, _spec_key, _make_spec, args, options)
+
+
+def _spec_key(args: object, options: dict) -> tuple:
+    return _frozen_value(args), _signature(options)
 
 
 def _make_spec(args: object, options: dict) -> Spec:

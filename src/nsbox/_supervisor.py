@@ -45,6 +45,7 @@ from ._spec import (
     _signature,
     check_path,
     make_spec,
+    remembered,
 )
 
 __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStatistics",
@@ -552,18 +553,12 @@ class Supervisor:
             if pool is None:
                 return None, None
             env, cwd = spec_options.get("env"), spec_options.get("cwd")
-            try:  # the same command again: the same run spec (see make_spec's memo)
-                key = (sig, _frozen_value(args), _frozen_value(env), _frozen_value(cwd))
-                spec = self._run_specs.get(key)
-            except TypeError:
-                key = spec = None
-            if spec is None:
-                spec = _run_spec(pool.spec, args, env, cwd)
-                if key is not None:
-                    if len(self._run_specs) >= 256:
-                        self._run_specs.clear()
-                    self._run_specs[key] = spec
-            return pool, spec
+
+            def run_key(_pool_spec, args, env, cwd):  # the same command again: the same spec
+                return sig, _frozen_value(args), _frozen_value(env), _frozen_value(cwd)
+
+            return pool, remembered(self._run_specs, run_key, _run_spec, pool.spec, args, env,
+                                    cwd)
         spec = make_spec(args, **spec_options)
         pool = None
         if not (spec.pass_fds or spec.name is not None or spec.publish):
