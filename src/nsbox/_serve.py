@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import math
 import secrets
 import select
 import signal
@@ -497,23 +498,28 @@ class _Client:
             async with self.send_lock:
                 await self.stream.send_all(data)
 
-    async def simple(self, status: int, headers: list, body: bytes, close: bool = False) -> None:
+    async def simple(self, status: int, headers: list, body: bytes, close: bool = False) -> int:
+        """A whole response of ours; the body bytes sent (for the log)."""
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         if close or self.r.shutting_down:
             headers.append((b"connection", b"close"))
         await self.send(h11.Response(status_code=status, headers=headers))
-        if self.conn.our_state is h11.SEND_BODY:
-            if body:
-                await self.send(h11.Data(data=body))
-            await self.send(h11.EndOfMessage())
+        if self.conn.our_state is not h11.SEND_BODY:  # a response to HEAD
+            return 0
+        if body:
+            await self.send(h11.Data(data=body))
+        await self.send(h11.EndOfMessage())
+        return len(body)
 
-    async def fail(self, status: int, message: str, extra: list | None = None) -> None:
-        """An error response, if none has begun; the connection closes after it."""
+    async def fail(self, status: int, message: str, extra: list | None = None) -> int:
+        """An error response, if none has begun; the connection closes after it.
+        The body bytes sent."""
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
-                await self.simple(*_error(status, message, extra), close=True)
+                return await self.simple(*_error(status, message, extra), close=True)
             except (h11.LocalProtocolError, trio.BrokenResourceError, OSError):
                 pass
+        return 0
 
     async def serve(self) -> None:
         while True:
@@ -591,19 +597,36 @@ class _Client:
                    self.r.config.domain)
         status, sent = 0, 0
         try:
+            if _header(req.headers, b"transfer-encoding") is not None and \
+                    _header(req.headers, b"content-length") is not None:
+                # Framed two ways: a request smuggling attempt, or a broken client
+                # (RFC 9112 6.3; nginx refuses these too).
+                status = 400
+                sent = await self.fail(400, "bad request: both Transfer-Encoding and "
+                                            "Content-Length")
+                return False
             if rt.kind == "control":
+                if self.conn.they_are_waiting_for_100_continue:
+                    # Expect: 100-continue: refused at once without the token
+                    # (the body is never read), else asked for.
+                    if not self.r.authorized(req.headers):
+                        status, headers, data = await self.r.control(method, rt.target,
+                                                                     req.headers, b"")
+                        sent = await self.simple(status, headers, data, close=True)
+                        return False
+                    await self.send(h11.InformationalResponse(status_code=100, headers=[]))
                 body = await self.read_body(MAX_CONTROL_BODY)
                 if body is None:
                     status = 413
-                    await self.fail(413, "control API bodies are at most 1 MiB")
+                    sent = await self.fail(413, "control API bodies are at most 1 MiB")
                     return False
                 status, headers, data = await self.r.control(method, rt.target, req.headers,
                                                              body)
-                await self.simple(status, headers, b"" if method == "HEAD" else data)
+                sent = await self.simple(status, headers, b"" if method == "HEAD" else data)
                 return True
             if rt.kind != "env":
                 status = 400 if rt.kind == "bad" else 404
-                await self.fail(status, rt.error if rt.kind == "bad" else (
+                sent = await self.fail(status, rt.error if rt.kind == "bad" else (
                     "no environment named: use the X-Env-Id header, the host name "
                     f"<id>.{self.r.config.domain} or the path /env/<id>/"))
                 return False
@@ -611,11 +634,11 @@ class _Client:
                 env = await self.r.get_env(rt.id)
             except Full as exc:
                 status = 503
-                await self.fail(503, str(exc), [(b"retry-after", b"5")])
+                sent = await self.fail(503, str(exc), [(b"retry-after", b"5")])
                 return False
             except EnvFailed as exc:
                 status = 502
-                await self.fail(502, str(exc))
+                sent = await self.fail(502, str(exc))
                 return False
             env.inflight += 1
             env.requests += 1
@@ -628,7 +651,7 @@ class _Client:
             return keep
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            await self.fail(status, f"bad request: {exc}")
+            sent = await self.fail(status, f"bad request: {exc}")
             return False
         finally:
             ms = (time.monotonic() - t0) * 1000
@@ -661,9 +684,8 @@ class _Client:
             try:
                 up, uconn, reused = await self.r.upstream(env, fresh=fresh)
             except OSError as exc:
-                await self.fail(502, f"environment {env.id} refused the connection "
-                                     f"({exc.strerror or exc})")
-                return 502, 0, False
+                    return 502, await self.fail(502, f"environment {env.id} refused the "
+                                                 f"connection ({exc.strerror or exc})"), False
             x = _Exchange(self, env, up, uconn, out, reused, replay)
             result = await x.run()
             if result is not None:
@@ -698,6 +720,9 @@ class _Exchange:
         self.response_started = False
         self.request_sent = False
         self.request_done = trio.Event()
+        self.request_end: float | None = None  # when the whole request was sent upstream
+        self.head_wait: trio.CancelScope | None = None  # the wait for the response head
+        self.body_send: trio.CancelScope | None = None  # a send of the request body upstream
         self.scope: trio.CancelScope | None = None
         self.out = bytearray()  # bytes for the client, sent before we wait for more
 
@@ -732,11 +757,10 @@ class _Exchange:
                 self.request_done.set()
                 first = None
                 if self.failure is None:
-                    try:
-                        with trio.move_on_after(FAST_WINDOW):
-                            first = await self._first_event()
-                    except trio.TooSlowError:  # an upstream_timeout shorter than the window
-                        self.fail("timeout")
+                    self.request_end = trio.current_time()
+                    # A shorter upstream_timeout ends in the wait below, at once.
+                    with trio.move_on_after(FAST_WINDOW):
+                        first = await self._first_event()
                 if first is not None:
                     await self.pump_response(first)
                 if first is not None or self.failure is not None:
@@ -764,15 +788,14 @@ class _Exchange:
         config = c.r.config
         status, text = {
             "upstream": (502, f"environment {self.env.id}: {message}"),
+            "bad-response": (502, f"environment {self.env.id}: {message}"),
             "timeout": (504, f"environment {self.env.id} did not answer within "
                              f"{config.upstream_timeout:g} s"),
             "bad-request": (400, f"bad request: {message}"),
             "client-timeout": (408, f"the request body sent nothing for "
                                     f"{config.body_timeout:g} s"),
         }.get(kind, (499, None))  # "client": it went away (nginx's 499), nobody to tell
-        if text is not None:
-            await c.fail(status, text)
-        return status, 0, False
+        return status, await c.fail(status, text) if text is not None else 0, False
 
     async def usend(self, event) -> None:
         data = self.uconn.send(event)
@@ -807,9 +830,20 @@ class _Exchange:
                         if sum(len(e.data) for e in self.recorded
                                if isinstance(e, h11.Data)) > CHUNK:
                             self.recorded = None
-                    await self.usend(event)
+                    # An environment that takes none of the body for upstream_timeout,
+                    # and has not answered: a 504 (once it answers, its pace is its own).
+                    with trio.CancelScope(deadline=math.inf if self.response_started else
+                                          trio.current_time() + c.r.config.upstream_timeout
+                                          ) as send:
+                        self.body_send = send
+                        await self.usend(event)
+                    self.body_send = None
+                    if send.cancelled_caught:
+                        return self.fail("timeout")
                     done = isinstance(event, h11.EndOfMessage)
                 self.request_sent = True
+                self.request_end = trio.current_time()
+                self._arm_head_wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             return self.fail("upstream", f"the connection broke ({exc})")
         finally:
@@ -833,16 +867,21 @@ class _Exchange:
             try:
                 event = self.uconn.next_event()
             except h11.RemoteProtocolError as exc:
-                raise _UpstreamError(f"a bad response ({exc})") from None
+                raise _BadResponse(f"a bad response ({exc})") from None
             if event is not h11.NEED_DATA:
                 return event
             await self.flush()  # what the client has coming, before we wait
+            # The head's wait has its own deadline (from the request's end:
+            # pump_response); mid-response, silence for upstream_timeout is a failure.
+            timeout = self.c.r.config.upstream_timeout if self.response_started else math.inf
             try:
-                with trio.fail_after(self.c.r.config.upstream_timeout):
+                with trio.fail_after(timeout):
+                    # ACK at once: an environment that writes a response's head and
+                    # body apart (Nagle on) waits for that ACK, and a delayed one
+                    # costs 40 ms per response.
+                    self.up.socket.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_QUICKACK, 1)
                     data = await self.up.receive_some(CHUNK)
             except trio.TooSlowError:
-                if not self.response_started:
-                    raise  # no response head in time: a 504
                 raise _UpstreamError(f"it sent nothing for {self.c.r.config.upstream_timeout:g}"
                                      " s mid-response") from None
             except (trio.BrokenResourceError, OSError) as exc:
@@ -856,12 +895,21 @@ class _Exchange:
             while isinstance(event, h11.InformationalResponse) and event.status_code != 101:
                 event = await self._upstream_event()
         except _UpstreamError as exc:
-            self.fail("upstream", str(exc))
+            self.fail(_upstream_kind(exc), str(exc))
             return None
         if isinstance(event, h11.ConnectionClosed):
             self.fail("upstream", "it closed the connection without a response")
             return None
         return event
+
+    def _arm_head_wait(self) -> None:
+        if self.head_wait is not None and self.request_end is not None:
+            self.head_wait.deadline = self.request_end + self.c.r.config.upstream_timeout
+
+    def _response_begins(self) -> None:
+        self.response_started = True
+        if self.body_send is not None:  # the environment reads at its pace now
+            self.body_send.deadline = math.inf
 
     def queue(self, event) -> None:
         self.out += self.c.conn.send(event)
@@ -876,14 +924,20 @@ class _Exchange:
         c = self.c
         try:
             if first is None:
-                try:
-                    with trio.fail_after(c.r.config.upstream_timeout):
-                        first = await self._first_event()
-                except trio.TooSlowError:
+                # upstream_timeout counts from the request's end (pump_request
+                # sets the deadline then): a slow upload is the client's time.
+                with trio.CancelScope() as self.head_wait:
+                    self._arm_head_wait()
+                    first = await self._first_event()
+                if self.head_wait.cancelled_caught:
                     return self.fail("timeout")
                 if first is None:
                     return self.scope.cancel() if self.scope is not None else None
             event = first
+            if _header(event.headers, b"transfer-encoding") is not None and \
+                    _header(event.headers, b"content-length") is not None:
+                return self.fail("bad-response", "a bad response (both Transfer-Encoding "
+                                                 "and Content-Length)")
             self.status = event.status_code
             drop = HOP_BY_HOP | _connection_tokens(event.headers)
             headers = [(k, v) for k, v in event.headers if k not in drop]
@@ -894,7 +948,7 @@ class _Exchange:
                 headers += [(b"connection", b"upgrade"),
                             (b"upgrade", (_header(event.headers, b"upgrade") or "").encode())]
                 await c.send(h11.InformationalResponse(status_code=101, headers=headers))
-                self.response_started = True
+                self._response_begins()
                 await self.splice()
                 if self.scope is not None:
                     self.scope.cancel()
@@ -903,7 +957,7 @@ class _Exchange:
                 headers.append((b"connection", b"close"))
             self.queue(h11.Response(status_code=self.status, headers=headers,
                                     reason=event.reason))
-            self.response_started = True
+            self._response_begins()
             while True:
                 event = await self._upstream_event()
                 if isinstance(event, h11.Data):
@@ -922,7 +976,7 @@ class _Exchange:
             if self.scope is not None:
                 self.scope.cancel()
         except _UpstreamError as exc:
-            return self.fail("upstream", str(exc))
+            return self.fail(_upstream_kind(exc), str(exc))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return self.fail("client")
 
@@ -954,6 +1008,14 @@ class _Exchange:
 
 class _UpstreamError(Exception):
     pass
+
+
+class _BadResponse(_UpstreamError):
+    """Not HTTP, or not framed once: a 502, never retried (it would answer the same)."""
+
+
+def _upstream_kind(exc: _UpstreamError) -> str:
+    return "bad-response" if isinstance(exc, _BadResponse) else "upstream"
 
 
 async def _probe_http(stream, path: str, host: str) -> int | None:

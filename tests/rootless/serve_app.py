@@ -7,6 +7,7 @@ POST /sink             reads the body: "<bytes> <sha256>"
 GET  /bytes?n=N        N bytes, streamed in chunks
 GET  /slow?s=S         answers after S seconds
 GET  /close            closes the connection without a response
+GET  /two-lengths      a response framed two ways (Content-Length and chunked): invalid
 GET  /resolve?name=X   the address X resolves to, from inside the environment
 GET  /ws               a websocket echo (text and binary frames, masked from the client)
 GET  /env?name=K       the environment variable K
@@ -67,6 +68,12 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/slow":
             time.sleep(float(q.get("s", "1")))
             return self._send(200, "slow")
+        if url.path == "/two-lengths":
+            self.log_request(200)
+            self.close_connection = True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            return None
         if url.path == "/close":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)

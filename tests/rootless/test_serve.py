@@ -352,6 +352,9 @@ def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET http://evil.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 404),  # no environment named
+    # Framed two ways (request smuggling): refused, never forwarded.
+    (b"POST /sink HTTP/1.1\r\nHost: a\r\nX-Env-Id: a\r\nContent-Length: 4\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
 ])
 def test_malformed_requests_get_4xx_and_the_router_goes_on(router, request_bytes, status):
     r = router()
@@ -428,6 +431,52 @@ def test_upstream_errors_are_502_and_504(router):
         slow = c.get("/slow?s=3", headers={"X-Env-Id": "e"})
         assert slow.status_code == 504
         assert c.get("/hello", headers={"X-Env-Id": "e"}).status_code == 200
+        two = c.get("/two-lengths", headers={"X-Env-Id": "e"})
+        assert two.status_code == 502 and "Content-Length" in two.json()["error"]
+        assert c.get("/hello?after", headers={"X-Env-Id": "e"}).status_code == 200
+    # Asked once: an invalid response is not replayed on a fresh connection.
+    r.wait_for(r'e \| app: "GET /hello\?after')  # the app's log comes through a pipe
+    assert len([line for line in r.lines if '"GET /two-lengths' in line]) == 1
+
+
+def test_a_slow_upload_is_not_an_upstream_timeout(router):
+    # upstream_timeout counts from the request's end: the client's own upload
+    # time (here three times the timeout) is not the environment's.
+    r = router(serve={"upstream_timeout": 0.5, "body_timeout": 5})
+
+    def slowly():
+        for _ in range(6):
+            yield b"x" * 1000
+            time.sleep(0.25)
+
+    with r.client() as c:
+        resp = c.post("/sink", headers={"X-Env-Id": "up"}, content=slowly())
+        assert resp.status_code == 200, resp.text
+        assert resp.text.split()[0] == "6000"
+        sized = c.post("/sink", headers={"X-Env-Id": "up", "Content-Length": "6000"},
+                       content=slowly())
+        assert sized.status_code == 200 and sized.text.split()[0] == "6000"
+
+
+def test_the_control_api_answers_expect_100_continue(router):
+    r = router()
+    body = b'{"id": "exp"}'
+    head = (b"POST /_nsbox/envs HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+        s.sendall(head + b"\r\n")  # no token: refused without waiting for the body
+        assert s.recv(65536).startswith(b"HTTP/1.1 401 ")
+    with socket.create_connection(("127.0.0.1", r.port), timeout=30) as s:
+        s.sendall(head + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+        assert s.recv(65536) == b"HTTP/1.1 100 \r\n\r\n"
+        s.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += s.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 201 "), answer
+    assert set(r.envs()) == {"exp"}
+    # The router's own responses are logged with their size, as proxied ones are.
+    r.wait_for(r" POST /_nsbox/envs 401 [1-9][0-9]* ")
 
 
 @pytest.mark.parametrize("command, words", [
