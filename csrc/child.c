@@ -19,7 +19,6 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/statvfs.h>
 
 #include "nsbox.h"
@@ -187,17 +186,15 @@ static int bind_entry(int dirfd, const char *name, int dst_dfd)
  * (symlinks) from the original, so the view is unchanged but new entries can
  * be made in the sandbox only. Returns the tmpfs mount fd.
  */
-static int mirror_dir(int anc_path_fd, int *readonly)
+static int mirror_dir(int anc_path_fd)
 {
     int src = openat(anc_path_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (src < 0)
         return -1;
     struct stat st;
-    struct statfs sf;
     int m = -1;
-    if (fstat(src, &st) < 0 || fstatfs(src, &sf) < 0)
+    if (fstat(src, &st) < 0)
         goto out;
-    *readonly = (sf.f_flags & ST_RDONLY) != 0;
     /* The mirror keeps the original's permission bits (as octal text for fsconfig). */
     char mode[8];
     unsigned bits = st.st_mode & 07777;
@@ -310,9 +307,9 @@ static int open_target(int *rootp, int *rerooted, const char *rel, int want_dir,
     if (anc < 0)
         return -1;
     int dir = anc;
-    int mirror = -1, mirror_ro = 0;
+    int mirror = -1;
     if (!in_scratch) {
-        mirror = mirror_dir(anc, &mirror_ro);
+        mirror = mirror_dir(anc);
         close(anc);
         if (mirror < 0)
             return -1;
@@ -373,9 +370,12 @@ static int open_target(int *rootp, int *rerooted, const char *rel, int want_dir,
     int saved = errno;
     if (dir >= 0)
         close(dir);
-    /* Made what was missing: the mirror is now as read-only as the original. */
+    /* Made what was missing: the mirror is now read-only, whatever the
+     * original. Its entries are the original's, bound, and stay as writable as
+     * they were; a new entry beside them could only go to the mirror's tmpfs
+     * and be lost with the sandbox: EROFS says so instead. */
     if (mirror >= 0) {
-        if (result >= 0 && mirror_ro && set_readonly(mirror, 0) < 0) {
+        if (result >= 0 && set_readonly(mirror, 0) < 0) {
             saved = errno;
             close(result);
             result = -1;

@@ -426,6 +426,15 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
     int sfd = (int)rt_signalfd(&set);
     if (sfd < 0)
         fail(NSBOX_STAGE_INIT, sfd);
+    if (sfd <= 2) {
+        /* The command's stdio slot was free (the caller runs with it closed):
+         * 0-2 are closed below, and must not take our signals with them. */
+        long high = rt_fcntl(sfd, RT_F_DUPFD_CLOEXEC, 3);
+        if (high < 0)
+            fail(NSBOX_STAGE_INIT, high);
+        rt_close(sfd);
+        sfd = (int)high;
+    }
     if ((rc = rt_fcntl(report_fd, RT_F_SETFD, RT_FD_CLOEXEC)) < 0)
         fail(NSBOX_STAGE_INIT, rc);
     if (status_fd >= 0 && (rc = rt_fcntl(status_fd, RT_F_SETFD, RT_FD_CLOEXEC)) < 0)
@@ -520,7 +529,14 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
                 break;
             if (w == pid) {
                 mark(NSBOX_PHASE_EXITED);
-                report(NSBOX_REPORT_EXITED, 0, 0, 0, status);
+                /* The largest resident size of the processes reaped so far
+                 * (the command, its descendants, orphans): our own counts the
+                 * caller's memory, shared until our exec. */
+                struct rt_rusage ru;
+                long peak = rt_getrusage(RT_RUSAGE_CHILDREN, &ru) == 0 ? ru.maxrss : 0;
+                if (peak > 0x7fffffffL)
+                    peak = 0x7fffffffL;
+                report(NSBOX_REPORT_EXITED, 0, 0, (int)peak, status);
                 exit_like(status);
             }
         }

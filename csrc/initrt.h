@@ -27,6 +27,7 @@
 #define RT_ENAMETOOLONG 36
 #define RT_ENOEXEC 8
 #define RT_F_SETFD 2
+#define RT_F_DUPFD_CLOEXEC 1030
 #define RT_FD_CLOEXEC 1
 #define RT_O_CLOEXEC 02000000
 #define RT_POLLIN 1
@@ -83,6 +84,14 @@ struct rt_cmsghdr {
 #define RT_MSG_CMSG_CLOEXEC 0x40000000
 
 #define RT_CLOCK_MONOTONIC 1
+/* struct rusage on 64-bit Linux: two timevals, then 14 longs, maxrss first. */
+struct rt_rusage {
+    long times[4];
+    long maxrss; /* KiB */
+    long rest[13];
+};
+#define RT_RUSAGE_CHILDREN (-1)
+
 struct rt_timespec {
     int64_t sec;
     int64_t nsec;
@@ -181,6 +190,10 @@ static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
 static inline long rt_rmdirat(int dirfd, const char *name)
 {
     return RT_SYS(__NR_unlinkat, dirfd, name, RT_AT_REMOVEDIR, 0, 0, 0);
+}
+static inline long rt_getrusage(int who, struct rt_rusage *ru)
+{
+    return RT_SYS(__NR_getrusage, who, ru, 0, 0, 0, 0);
 }
 static inline long rt_clock_gettime(int clock, struct rt_timespec *ts)
 {
@@ -346,6 +359,10 @@ static inline long rt_setrlimit(int resource, const struct rt_rlimit *lim)
 static inline long rt_rmdirat(int dirfd, const char *name)
 {
     return rt_ret(unlinkat(dirfd, name, RT_AT_REMOVEDIR));
+}
+static inline long rt_getrusage(int who, struct rt_rusage *ru)
+{
+    return rt_ret(syscall(SYS_getrusage, who, ru));
 }
 static inline long rt_clock_gettime(int clock, struct rt_timespec *ts)
 {

@@ -46,7 +46,7 @@ enum nsbox_stage {
 enum nsbox_report_kind {
     NSBOX_REPORT_ERROR = 1,   /* stage, err, index: setup failed, nothing runs */
     NSBOX_REPORT_STARTED = 2, /* value: the command's pid inside the sandbox */
-    NSBOX_REPORT_EXITED = 3,  /* value: the command's wait status */
+    NSBOX_REPORT_EXITED = 3,  /* value: the command's wait status; index: peak RSS, KiB */
     NSBOX_REPORT_TIME = 4     /* stage: a phase; index, value: high, low 32 bits of its ns */
 };
 

@@ -543,14 +543,17 @@ class GroupV1(Group):
         self._fds: list[int] = []
 
     def open(self) -> None:
+        from ._native import above_stdio
+
         for d in self.dirs:
             # `tasks`, not cgroup.procs: writing "0" there moves the calling
             # thread alone, which the kernel does without taking the global
             # cgroup_threadgroup_rwsem for writing (an RCU grace period, often
             # milliseconds). The setup child is a process of one thread, so
             # moving the thread moves the process. (O_CREAT: as in _write.)
-            self._fds.append(os.open(os.path.join(d, "tasks"),
-                                     os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            self._fds.append(above_stdio(os.open(os.path.join(d, "tasks"),
+                                                 os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC,
+                                                 0o644)))
 
     def procs_fds(self) -> list[int]:
         return list(self._fds)

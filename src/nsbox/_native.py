@@ -44,6 +44,21 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def above_stdio(fd: int) -> int:
+    """`fd`, or a close-on-exec copy at 3 or above when it is 0-2 (the low one
+    closed). A caller running with stdin/stdout/stderr closed gets its new fds
+    there, and an fd handed to a sandbox by number must never be where the
+    setup child puts the command's stdio."""
+    if not 0 <= fd <= 2:
+        return fd
+    import fcntl
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 def _process_fds() -> tuple[int, int]:
     """(O_PATH fd of nsbox-init, pidfd of this process), opened once per process."""
     global _cache_pid
@@ -53,13 +68,13 @@ def _process_fds() -> tuple[int, int]:
     with _lock:
         if _cache_pid != pid:
             try:
-                init_fd = os.open(INIT_PATH, os.O_PATH | os.O_CLOEXEC)
+                init_fd = above_stdio(os.open(INIT_PATH, os.O_PATH | os.O_CLOEXEC))
             except OSError as exc:
                 raise _errors.SpawnError(
                     exc.errno or 0, f"nsbox: cannot open {INIT_PATH}: {exc.strerror}"
                 ) from None
             try:
-                self_fd = os.pidfd_open(pid)
+                self_fd = above_stdio(os.pidfd_open(pid))
             except OSError:
                 self_fd = -1  # kernels before 5.3: the death signal alone covers setup
             _cache["init"], _cache["self"] = init_fd, self_fd

@@ -69,6 +69,9 @@ class _Hub:
         self.lock = threading.Lock()
         self.refs = 0
         self.sock, hello, fds = _connect(network)
+        from ._native import above_stdio
+
+        fds = [above_stdio(fd) for fd in fds]  # handed to setup children by number
         self.netns_fd = fds[0]
         self.userns_fd = fds[1] if hello["userns"] else -1
         self.subnet = ipaddress.IPv4Network(hello["subnet"])

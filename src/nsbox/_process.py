@@ -214,6 +214,7 @@ class Sandbox:
             stdio, parents = self._stdio(stdin, stdout, stderr, child_fds, parent_fds)
             rfd, wfd = os.pipe2(os.O_CLOEXEC)
             parent_fds.append(rfd)
+            wfd = _native.above_stdio(wfd)
             child_fds.append(wfd)
             self._stdio_fds = stdio
             if plan.limits is not None and plan.limits.needs_cgroup:
@@ -228,7 +229,7 @@ class Sandbox:
                 mine, theirs = socket.socketpair(socket.AF_UNIX,
                                                  socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
                 self._park_sock = mine
-                park_fd = theirs.detach()
+                park_fd = _native.above_stdio(theirs.detach())
                 child_fds.append(park_fd)
             stamps: list[int] | None = [] if timings else None
             try:
@@ -428,6 +429,8 @@ class Sandbox:
                 struct.pack("=IIII", len(args), nenv, flags, len(cwdb)), cwdb,
                 *(os.fsencode(a) + b"\0" for a in args), *envb,
             ])
+            # The run starts now: wall_time does not count the time parked.
+            self._started_at = time.monotonic()
             socket.send_fds(self._park_sock, [blob], [fd for fd in stdio if fd >= 0])
         except BaseException:
             for fd in parent_fds:
@@ -556,23 +559,25 @@ class Sandbox:
                     record = self._read_record(block=False)
         except _protocol.ProtocolError:
             record = None
+        peak_kib = None
         if record is not None and record.kind == _protocol.EXITED:
             self.returncode = os.waitstatus_to_exitcode(record.value)
+            peak_kib = record.index if record.index > 0 else None
         elif info is not None:
             self.returncode = os.waitstatus_to_exitcode(info[0])
         else:  # pragma: no cover - reaped elsewhere (SIGCHLD ignored)
             self.returncode = -signal.SIGKILL
         self._release()
-        self._end_stats(ended, info)
+        self._end_stats(ended, info, peak_kib)
         return self.returncode
 
-    def _end_stats(self, ended: float, info) -> None:
+    def _end_stats(self, ended: float, info, peak_kib: int | None) -> None:
         from . import _stats
 
         group = self._group
         try:
             self._stats = _stats.final(ended - self._started_at,
-                                       info[1] if info is not None else None, group)
+                                       info[1] if info is not None else None, group, peak_kib)
             self.reason = _stats.reason_for(self.returncode, self._stats, self._plan.limits,
                                             self._cause)
         finally:

@@ -22,7 +22,8 @@ class Stats(Frozen):
     wall_time: seconds from start to end (or to now, while it runs).
     user_time, system_time: CPU seconds of every process of the sandbox.
     peak_memory: bytes; the cgroup's peak when the sandbox has a memory
-      cgroup, else the largest resident size any one of its processes reached.
+      cgroup, else the largest resident size any one of its processes reached
+      (None if it was killed before its command ended: init reports it then).
     memory: bytes in use now (live view only; None once ended).
     pids: processes now (live view), pids_peak: the most at once, when the
       cgroup counts it (cgroup pids.peak, Linux 6.13+), else None.
@@ -57,12 +58,15 @@ class Stats(Frozen):
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-def final(wall_time: float, rusage, group) -> Stats:
+def final(wall_time: float, rusage, group, peak_kib: int | None = None) -> Stats:
     """Stats of a reaped sandbox: init's rusage covers every process it (or
-    their parents) reaped; the cgroup, if any, knows the peaks."""
+    their parents) reaped; the cgroup, if any, knows the peaks. Without one,
+    peak_kib (init's report: the largest resident size of the processes it
+    reaped), if init lived to report it; init's own maxrss would count the
+    caller's memory, which its setup shared until the exec."""
     peak = group.peak_memory() if group is not None else None
-    if peak is None and rusage is not None:
-        peak = rusage.ru_maxrss * 1024  # KiB, of the largest single process
+    if peak is None and peak_kib is not None:
+        peak = peak_kib * 1024
     return Stats(
         wall_time=wall_time,
         user_time=rusage.ru_utime if rusage is not None else 0.0,

@@ -33,7 +33,8 @@ import trio
 
 from . import _errors
 from ._frozen import Frozen, _restore
-from ._process import DEVNULL, Sandbox, run_stdio
+from ._native import above_stdio
+from ._process import DEVNULL, PIPE, Sandbox, run_stdio
 from ._protocol import RECORD_SIZE
 from ._spec import (
     SPEC_FIELDS,
@@ -53,6 +54,7 @@ __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStat
 
 # Options that are per run, so a warm slot can serve them (the rest must match its pool).
 _PER_RUN = frozenset({"stdin", "stdout", "stderr", "bufsize"})
+_TEXT_OPTIONS = ("text", "universal_newlines", "encoding", "errors")
 _SLOT_ARGS = ("nsbox-warm-slot",)  # a parked slot's placeholder command
 
 # fds the supervisor holds per running sandbox: its pidfd. The report pipe is closed once
@@ -75,7 +77,7 @@ class _StatusSlots:
     GROW = 4096  # slots added at a time
 
     def __init__(self):
-        self.fd = os.memfd_create("nsbox-status", os.MFD_CLOEXEC)
+        self.fd = above_stdio(os.memfd_create("nsbox-status", os.MFD_CLOEXEC))
         self._free: list[int] = []
         self._next = 0
         self._size = 0
@@ -103,7 +105,8 @@ class _StatusSlots:
 
 class SupervisorStatistics(Frozen):
     """sup.statistics(): sandboxes `starting`, `live`; totals `exited` and
-    `failed` (setup errors); `pooled` (warm slots ready);
+    `failed` (setup errors in the sandbox; not bad input, which raises SpecError
+    before anything starts, nor cancelled starts); `pooled` (warm slots ready);
     `waiting` (starts queued for capacity); `fds_in_use` by this process;
     `capacity` and the `limit` that sets it."""
 
@@ -350,6 +353,7 @@ class Pool:
         self._closed = False
         self.made = 0
         self.taken = 0
+        self.evicted = 0  # ended unused to make room for a start no pool matched
         self.errors = 0
         self.last_error: BaseException | None = None
 
@@ -374,7 +378,7 @@ class Pool:
                     await self._wake.wait()
                     await trio.sleep(REFILL_DELAY)
                     continue
-                await sup._acquire(wait=True)
+                await sup._room_for_refill()
                 made: list[Sandbox] = []
 
                 def make(made=made):
@@ -384,7 +388,7 @@ class Pool:
                 try:
                     await trio.to_thread.run_sync(make, limiter=sup._spawners)
                 except BaseException as exc:
-                    sup._slots.release()
+                    sup._release()
                     for slot in made:
                         slot.close()
                     if not isinstance(exc, Exception):
@@ -398,7 +402,7 @@ class Pool:
                 self.made += 1
                 if self._closed:
                     made[0].close()
-                    sup._slots.release()
+                    sup._release()
                     break
                 self._ready.append(made[0])
 
@@ -408,7 +412,7 @@ class Pool:
         self._scope.cancel()
         while self._ready:
             self._ready.popleft().close()
-            self._sup._slots.release()
+            self._sup._release()
 
     def close(self) -> None:
         """Stop refilling and end the ready slots."""
@@ -426,7 +430,8 @@ class Supervisor:
 
     def __init__(self, nursery: trio.Nursery | None, grace: float, max_live: int | None,
                  launcher=Sandbox):
-        if not (isinstance(grace, (int, float)) and grace >= 0 and math.isfinite(grace)):
+        if isinstance(grace, bool) or not (isinstance(grace, (int, float)) and grace >= 0
+                                           and math.isfinite(grace)):
             raise _errors.SpecError(f"grace must be a non-negative number of seconds: {grace!r}")
         self.grace = float(grace)
         self._nursery = nursery
@@ -453,6 +458,8 @@ class Supervisor:
         self._run_specs: dict[tuple, Spec] = {}  # (signature, args, env, cwd) -> run spec
         self._closed = False
         self._none_live: trio.Event | None = None  # set when the last live one ends (shutdown)
+        self._landed: trio.Event | None = None  # set as a start in flight ends (shutdown)
+        self._room: trio.Event | None = None  # set as a slot is given back (pool refills)
         # Real sandboxes report their end into a shared file (tests' fakes do not).
         self._status_slots = _StatusSlots() if launcher is Sandbox else None
 
@@ -466,6 +473,9 @@ class Supervisor:
             self._slots.acquire_nowait()
             return
         except trio.WouldBlock:
+            if self._evict_parked():  # a start goes before a spare
+                self._slots.acquire_nowait()
+                return
             if not wait:
                 raise _errors.CapacityError(
                     f"nsbox: the supervisor is full: {self.capacity} sandboxes live, the "
@@ -476,6 +486,43 @@ class Supervisor:
         finally:
             self._waiting -= 1
 
+    def _release(self) -> None:
+        """Give a slot back (a sandbox or a parked slot ended, a start failed)."""
+        self._slots.release()
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
+    def _evict_parked(self) -> bool:
+        """End one parked slot of the fullest pool (its room goes to a start that
+        no pool matches); False when none is parked."""
+        pool = max(self._pools.values(), key=lambda p: len(p._ready), default=None)
+        if pool is None or not pool._ready:
+            return False
+        pool._ready.pop().close()
+        pool.evicted += 1
+        pool._wake.set()  # to be refilled when there is room again
+        self._slots.release()
+        return True
+
+    async def _room_for_refill(self) -> None:
+        """A slot for a pool's refill: only when no start waits for one."""
+        while True:
+            if not self._waiting:
+                try:
+                    self._slots.acquire_nowait()
+                    return
+                except trio.WouldBlock:
+                    pass
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
+
+    def _start_ended(self) -> None:
+        self._starting -= 1
+        if self._landed is not None:
+            self._landed.set()
+
     async def start(self, args: object, *, wait: bool = True, **options: object
                     ) -> SupervisedSandbox:
         """Start a sandbox; returns once its command runs. Setup errors raise
@@ -483,12 +530,21 @@ class Supervisor:
         nsbox.Sandbox (stdin/stdout/stderr=nsbox.PIPE give trio streams)."""
         if self._closed:
             raise trio.ClosedResourceError("the supervisor is closed")
+        if any(options.get(k) for k in _TEXT_OPTIONS) and \
+                any(options.get(k) == PIPE for k in ("stdin", "stdout", "stderr")):
+            raise _errors.SpecError("a supervised sandbox's streams are trio byte streams: "
+                                    "text, encoding and errors are for sup.run")
         if self._pools and not (options.keys() - _PER_RUN - SPEC_OPTIONS) and \
                 "pass_fds" not in options:
             handle = await self._start_warm(args, options)
             if handle is not None:
                 return handle
+        # Bad input raises now, not after a wait for room (make_spec remembers it).
+        make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
         await self._acquire(wait)
+        if self._closed:  # it closed while this start waited for room
+            self._release()
+            raise trio.ClosedResourceError("the supervisor is closed")
         self._starting += 1
         made: list = []  # the thread's result, kept even if we are cancelled meanwhile
         box = None
@@ -517,16 +573,17 @@ class Supervisor:
                     await trio.to_thread.run_sync(spawn, limiter=self._spawners)
                 finally:
                     box = made[0] if made else None
-        except BaseException:
-            self._starting -= 1
-            self._slots.release()
+        except BaseException as exc:
+            self._start_ended()
+            self._release()
             if box is not None:
                 box.close()
             if "_status" in extra:
                 self._status_slots.give(extra["_status"])
-            self._failed += 1
+            if isinstance(exc, Exception):  # a setup error, not a cancellation
+                self._failed += 1
             raise
-        self._starting -= 1
+        self._start_ended()
         if "_status" in extra:
             box._release_report()  # the command runs: its end comes through the slot
         handle = SupervisedSandbox(self, box)
@@ -602,16 +659,17 @@ class Supervisor:
                 if isinstance(exc, _errors.NsboxError):
                     raise
                 slot.close()  # the slot died while parked: start cold instead
-                self._slots.release()
-                self._starting -= 1
+                self._release()
+                self._start_ended()
                 return None
-        except BaseException:
-            self._starting -= 1
+        except BaseException as exc:
+            self._start_ended()
             slot.close()
-            self._slots.release()
-            self._failed += 1
+            self._release()
+            if isinstance(exc, Exception):
+                self._failed += 1
             raise
-        self._starting -= 1
+        self._start_ended()
         slot.spec = spec
         handle = SupervisedSandbox(self, slot)
         self._live.add(handle)
@@ -640,7 +698,7 @@ class Supervisor:
         if handle in self._live:
             self._live.discard(handle)
             self._exited_count += 1
-            self._slots.release()
+            self._release()
             if not self._live and self._none_live is not None:
                 self._none_live.set()
 
@@ -654,6 +712,30 @@ class Supervisor:
         before the Cancelled goes on. `await nursery.start(sup.run, ...)` hands
         back the SupervisedSandbox once it runs, and the nursery owns it.
         """
+        # Text mode as subprocess.run has it: str in, str out (UTF-8 unless an
+        # encoding is given, universal newlines); the streams stay bytes.
+        text_opts = {k: options.pop(k) for k in _TEXT_OPTIONS if k in options}
+        if "universal_newlines" in text_opts and "text" in text_opts and \
+                bool(text_opts["text"]) != bool(text_opts["universal_newlines"]):
+            raise ValueError("text and universal_newlines must agree")
+        text = any(text_opts.values())
+        encoding = text_opts.get("encoding") or "utf-8"
+        errors = text_opts.get("errors") or "strict"
+        if input is not None:
+            if isinstance(input, str):
+                if not text:
+                    raise TypeError("input must be bytes-like without text=True, not str")
+                input = input.encode(encoding, errors)
+            else:
+                input = bytes(memoryview(input))  # bytes-like, or a TypeError now
+        if timeout is not None:
+            timeout = max(timeout, 0.0)  # a past deadline: killed at once, as subprocess does
+
+        def decode(data: bytes | None):
+            if data is None or not text:
+                return data
+            return data.decode(encoding, errors).replace("\r\n", "\n").replace("\r", "\n")
+
         run_stdio(options, input, capture_output)
         box = await self.start(args, **options)
         task_status.started(box)
@@ -669,8 +751,8 @@ class Supervisor:
             raise
         await box.aclose()
         result = box._result  # ended: aclose waited for that (the wait was the checkpoint)
-        out = b"".join(chunks["stdout"]) if box.stdout is not None else None
-        err = b"".join(chunks["stderr"]) if box.stderr is not None else None
+        out = decode(b"".join(chunks["stdout"]) if box.stdout is not None else None)
+        err = decode(b"".join(chunks["stderr"]) if box.stderr is not None else None)
         if timed_out:
             raise subprocess.TimeoutExpired(box.args, timeout, output=out, stderr=err)
         result.stdout, result.stderr = out, err
@@ -697,6 +779,11 @@ class Supervisor:
         self._closed = True
         for pool in list(self._pools.values()):
             pool.close()
+        # Starts in flight (their clone or init's report) land in _live first, so
+        # they are ended with the rest; later ones see _closed and raise.
+        while self._starting:
+            self._landed = trio.Event()
+            await self._landed.wait()
         if not self._live:
             return
         self._none_live = trio.Event()

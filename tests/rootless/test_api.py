@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -433,3 +435,20 @@ def test_command_killed_from_the_host_reports_the_signal(procs, sleep_marker):
         assert len(command) == 1
         os.kill(command[0], signal.SIGKILL)
         assert box.wait(timeout=20) == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("closed", [0, 1])
+def test_a_caller_with_stdin_or_stdout_closed(closed):
+    # Its new fds land on 0-2: none may end up where the sandbox's stdio goes,
+    # and init must not take its own signal fd for one (it spun on POLLNVAL).
+    code = textwrap.dedent(f"""
+        import os, sys, nsbox
+        os.close({closed})
+        r = nsbox.run(["sh", "-c", "cat; echo out; echo err >&2"], input=b"in\\n",
+                      capture_output=True)
+        t = nsbox.run(["true"])
+        os.write(2, repr((r.returncode, r.stdout, r.stderr, t.returncode)).encode())
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.stderr.decode().endswith("(0, b'in\\nout\\n', b'err\\n', 0)"), done.stderr
+

@@ -209,6 +209,21 @@ def test_created_parents_stay_read_only(data):
     assert r.returncode != 0 and "Read-only file system" in r.stderr
 
 
+def test_a_new_target_under_a_read_write_bind_keeps_it_honest(data, tmp_path):
+    # The mirror over a read-write bind is read-only too: its entries (bound)
+    # stay writable to the host, and a new entry beside them fails loudly
+    # instead of going to the mirror's tmpfs and vanishing with the sandbox.
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    (rw / "existing").write_text("old\n")
+    name = uniq()
+    r = run("echo new > /w/existing && echo fresh > /w/newfile",
+            mounts=[nsbox.Bind(str(rw), "/w"), nsbox.Tmpfs(f"/w/{name}")])
+    assert r.returncode != 0 and "Read-only file system" in r.stderr
+    assert (rw / "existing").read_text() == "new\n"
+    assert sorted(os.listdir(rw)) == ["existing"]
+
+
 def test_host_symlinks_stay_visible_beside_new_target(data):
     # /usr/lib-like entries (symlinks, dirs, files) beside a new target keep working.
     before = {e: os.path.islink(os.path.join("/", e)) for e in os.listdir("/")}

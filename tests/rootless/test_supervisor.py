@@ -56,7 +56,7 @@ def test_setup_errors_raise_in_start():
             with pytest.raises(nsbox.SpecError):
                 await sup.start(["true"], hostname="bad_name")
             st = sup.statistics()
-            assert st.failed == 2 and st.live == 0
+            assert st.failed == 1 and st.live == 0  # bad input changes nothing
 
     arun(main)
 
@@ -225,12 +225,125 @@ def test_one_fd_per_running_sandbox_and_exact_statuses():
     arun(main)
 
 
+def test_starts_in_flight_when_the_block_ends_are_ended_with_it(procs, sleep_marker):
+    # Starts from a nursery that outlives the supervisor's block: those in flight
+    # when it ends land and are ended with the rest; later ones raise.
+    boxes, errors = [], []
+
+    async def main():
+        async with trio.open_nursery() as outer:
+            async with nsbox.open_supervisor(grace=0.2) as sup:
+                async def one():
+                    try:
+                        boxes.append(await sup.start(["sleep", sleep_marker]))
+                    except trio.ClosedResourceError as exc:
+                        errors.append(exc)
+
+                for _ in range(20):
+                    outer.start_soon(one)
+                await trio.sleep(0.005)  # some landed, some in flight, some not begun
+            st = sup.statistics()
+            assert (st.starting, st.live) == (0, 0)
+        assert len(boxes) + len(errors) == 20
+        assert all(b.returncode is not None for b in boxes)
+
+    arun(main)
+    assert procs.marked(sleep_marker) == []
+
+
+def test_a_warm_pool_yields_its_room_to_a_start_it_does_not_match():
+    async def main():
+        async with nsbox.open_supervisor(max_live=2, grace=0) as sup:
+            pool = sup.pool(["true"], size=2, hostname="nsbx-warm")
+            with trio.fail_after(60):  # a guard, not a timing goal
+                while pool.ready < 2:
+                    await trio.sleep(0.01)
+                assert sup.statistics().pooled == 2
+                r = await sup.run(["echo", "cold"], capture_output=True)
+                assert r.stdout == b"cold\n" and pool.evicted == 1  # a parked slot gave way
+                while pool.ready < 2:  # refilled, once there is room again
+                    await trio.sleep(0.01)
+                box = await sup.start(["sleep", "60"], wait=False)  # not a CapacityError
+                assert pool.evicted == 2
+                st = sup.statistics()
+                assert (st.live, st.waiting) == (1, 0)
+                await box.kill()
+
+    arun(main)
+
+
+def test_bad_input_raises_before_waiting_for_room():
+    async def main():
+        async with nsbox.open_supervisor(max_live=1, grace=0) as sup:
+            await sup.start(["sleep", "60"])
+            for wait in (False, True):
+                with pytest.raises(nsbox.SpecError):
+                    with trio.fail_after(30):  # a guard: it must not queue
+                        await sup.start(["true"], hostname="bad_name", wait=wait)
+            st = sup.statistics()
+            assert (st.waiting, st.live) == (0, 1)
+
+    arun(main)
+
+
+def test_run_text_mode_and_timeouts_like_subprocess_run():
+    async def main():
+        async with nsbox.open_supervisor(grace=0) as sup:
+            r = await sup.run(["sh", "-c", "cat; printf 'a\\r\\nb'"], input="héllo\n",
+                              capture_output=True, text=True)
+            assert r.stdout == "héllo\na\nb"  # str, universal newlines
+            r = await sup.run(["cat"], input="x", capture_output=True, encoding="latin-1")
+            assert r.stdout == "x"
+            with pytest.raises(TypeError):
+                await sup.run(["cat"], input="not bytes", capture_output=True)
+            with pytest.raises(subprocess.TimeoutExpired):
+                await sup.run(["sleep", "60"], timeout=-1)  # a past deadline, as subprocess
+            with pytest.raises(nsbox.SpecError):
+                await sup.start(["echo"], stdout=nsbox.PIPE, text=True)  # streams are bytes
+            st = sup.statistics()
+            assert (st.live, st.starting) == (0, 0)
+
+    arun(main)
+
+
+def test_statistics_count_cancelled_starts_and_refills_apart():
+    async def main():
+        async with nsbox.open_supervisor(max_live=2, grace=0) as sup:
+            with trio.move_on_after(0):
+                await sup.start(["sleep", "60"])
+            assert sup.statistics().failed == 0  # a cancellation is not a setup error
+            await sup.start(["sleep", "60"])
+            await sup.start(["sleep", "60"])
+            sup.pool(["true"], size=1, hostname="nsbx-refill")  # full: it waits for room
+            await trio.sleep(0.1)
+            st = sup.statistics()
+            assert (st.waiting, st.pooled, st.live) == (0, 0, 2)  # no start is queued
+
+    arun(main)
+
+
+def test_a_warm_runs_wall_time_starts_when_it_runs():
+    async def main():
+        async with nsbox.open_supervisor(grace=0) as sup:
+            pool = sup.pool(["true"], size=1, hostname="nsbx-wall")
+            with trio.fail_after(60):
+                while pool.ready < 1:
+                    await trio.sleep(0.01)
+            await trio.sleep(2)  # parked: not the run's time
+            r = await sup.run(["true"], hostname="nsbx-wall")
+            assert pool.taken == 1
+            assert r.stats.wall_time < 2
+
+    arun(main)
+
+
 def test_bad_settings_are_spec_errors():
     async def main(**kw):
         async with nsbox.open_supervisor(**kw):
             pass
 
-    for kw in ({"grace": -1}, {"grace": float("nan")}, {"max_live": 0}, {"max_live": 1.5}):
+    for kw in ({"grace": -1}, {"grace": float("nan")}, {"grace": True}, {"max_live": 0},
+               {"max_live": 1.5}):
         with pytest.raises(nsbox.SpecError):
             trio.run(lambda kw=kw: main(**kw))
 
