@@ -270,7 +270,7 @@ out:
  * the sandbox's view only: directly when it lies in a tmpfs of ours, else in
  * a mirror tmpfs over its deepest existing ancestor. Never writes to the host.
  * When the ancestor is the root itself, the mirror becomes the new root (and
- * *rerooted is set).
+ * *rerooted counts such mirrors).
  */
 static int open_target(int *rootp, int *rerooted, const char *rel, int want_dir,
                        int in_scratch)
@@ -322,7 +322,7 @@ static int open_target(int *rootp, int *rerooted, const char *rel, int want_dir,
             /* pivot_root and later targets must see the mirror, not the
              * tree it covers. */
             close(*rootp);
-            *rerooted = 1;
+            (*rerooted)++;
             *rootp = fcntl(mirror, F_DUPFD_CLOEXEC, 3);
             if (*rootp < 0) {
                 close(dir);
@@ -602,7 +602,12 @@ static void build_filesystem(const struct nsbox_spec *s)
     if (!in_place || rerooted) {
         TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, fchdir(root));
         TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, sys_pivot_root(".", "."));
-        TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, sys_umount2(".", MNT_DETACH));
+        /* The old root is now stacked on the new one, with what lay between
+         * them before on top of it: the root given (not in place) and every
+         * mirror but the last. umount2(".") takes the topmost each time. */
+        int layers = 1 + !in_place + (rerooted > 0 ? rerooted - 1 : 0);
+        for (int i = 0; i < layers; i++)
+            TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, sys_umount2(".", MNT_DETACH));
     }
     /* Off the caller's directory, which may now lie under one of our mounts
      * (change_dir goes back to it by path, in the sandbox's view). */

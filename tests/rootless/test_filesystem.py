@@ -224,6 +224,16 @@ def test_a_new_target_under_a_read_write_bind_keeps_it_honest(data, tmp_path):
     assert sorted(os.listdir(rw)) == ["existing"]
 
 
+def test_several_new_top_level_targets_leave_one_root(data):
+    names = [uniq("nsbx-top") for _ in range(3)]
+    got = ok("stat -c %d:%i / /..; awk '$5 == \"/\"' /proc/self/mountinfo | wc -l",
+             mounts=[nsbox.Tmpfs(f"/{names[0]}"), nsbox.Bind(str(data), f"/{names[1]}/c"),
+                     nsbox.Tmpfs(f"/{names[2]}")])
+    root, dotdot, count = got.split()
+    assert root == dotdot and count == "1"
+    assert not any(os.path.exists(f"/{n}") for n in names)
+
+
 def test_host_symlinks_stay_visible_beside_new_target(data):
     # /usr/lib-like entries (symlinks, dirs, files) beside a new target keep working.
     before = {e: os.path.islink(os.path.join("/", e)) for e in os.listdir("/")}
@@ -286,6 +296,12 @@ def test_rootfs_replaces_host_root(rootfs, static_probe):
     assert probe("exists", "/dev/null").returncode == 0
     assert probe("exists", "/proc/self").returncode == 0
     assert probe("pwd").stdout == "/\n"
+    # The old root is gone: every layer stacked at / to build the view (the
+    # rootfs, a mirror for each of /dev, /proc and /tmp made there) but the last.
+    mounts = [line.split()[4] for line in
+              probe("cat", "/proc/self/mountinfo").stdout.splitlines()]
+    assert mounts.count("/") == 1, mounts
+    assert not [m for m in mounts if m.startswith(("/sys", "/work", "/usr"))], mounts
     # Nothing was created in the rootfs directory on the host.
     assert sorted(os.listdir(rootfs)) == ["bin", "etc"]
 
