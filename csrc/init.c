@@ -519,7 +519,11 @@ static __attribute__((noreturn)) void init_main(int argc, char **argv)
         if (rt_read(sfd, &si, sizeof si) != (long)sizeof si)
             continue;
         if (si.signo != RT_SIGCHLD) {
-            rt_kill((int)pid, (int)si.signo);
+            /* From the kernel: a terminal's ^C or quit key, resize or hangup, sent to its
+             * whole foreground process group, which the command is in too (it
+             * has ours): it has its own copy, a second would be one too many. */
+            if (si.code != RT_SI_KERNEL)
+                rt_kill((int)pid, (int)si.signo);
             continue;
         }
         for (;;) {

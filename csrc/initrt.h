@@ -104,6 +104,8 @@ struct rt_rlimit {
 };
 
 /* The part of struct signalfd_siginfo we read (the kernel writes 128 bytes). */
+#define RT_SI_KERNEL 0x80 /* si_code of a signal the kernel sent, e.g. a terminal's */
+
 struct rt_siginfo {
     uint32_t signo;
     int32_t err;

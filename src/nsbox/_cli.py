@@ -499,6 +499,37 @@ class _StatusWriter:
             pass
 
 
+class _SignalRelay:
+    """Forwards the signals sent to us to the running sandbox, from a thread
+    that takes them with sigtimedwait, so it sees who sent each: one the
+    kernel sent (si_code SI_KERNEL: a terminal's ^C or quit key, resize or
+    hangup, to its whole foreground process group) reached the command in
+    that group already, and is not sent twice."""
+
+    SI_KERNEL = 0x80
+
+    def __init__(self, box) -> None:
+        import threading
+
+        self._box = box
+        self._done = threading.Event()
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)  # the thread inherits it
+        self._thread = threading.Thread(target=self._relay, name="nsbox-signals", daemon=True)
+        self._thread.start()
+
+    def _relay(self) -> None:
+        while not self._done.is_set():
+            info = signal.sigtimedwait(FORWARDED_SIGNALS, 0.1)
+            if info is not None and info.si_code != self.SI_KERNEL:
+                self._box.send_signal(info.si_signo)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+        # Any still pending go to the handlers (forward) once unblocked.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+
+
 def _run(argv: list[str]) -> int:
     from . import _errors
     from ._process import Sandbox
@@ -548,6 +579,7 @@ def _run(argv: list[str]) -> int:
         for sig in pending:
             box.send_signal(sig)
         timed_out = False
+        relay = _SignalRelay(box)
         try:
             code = box.wait(timeout)
         except Exception as exc:
@@ -559,6 +591,8 @@ def _run(argv: list[str]) -> int:
             box._cause = "timeout"
             box.kill()
             code = box.wait()
+        finally:
+            relay.stop()
         wall = time.monotonic() - started
         sig = -code if code < 0 else None
         stats = box.stats()

@@ -379,6 +379,59 @@ def test_cli_forwards_signals(signame, code, extra, procs, sleep_marker):
     assert procs.wait_gone(sleep_marker, timeout=5) == []
 
 
+COUNT_INTS = """
+import signal, sys, time
+n = 0
+def h(*_):
+    global n
+    n += 1
+signal.signal(signal.SIGINT, h)
+print("ready", flush=True)
+time.sleep(1.5)
+print("count", n, flush=True)
+"""
+
+
+def test_a_terminals_ctrl_c_reaches_the_command_once():
+    # ^C goes to the terminal's whole foreground process group: the command
+    # (in it, as under unshare or a plain shell) gets its own copy; neither the
+    # CLI nor nsbox-init may send it a second.
+    import pty
+    import select
+
+    from nsbx_test_helpers import SANDBOX_PYTHON
+
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(sys.executable, [*CLI, "--", SANDBOX_PYTHON, "-c", COUNT_INTS])
+    out = b""
+    try:
+        deadline = time.monotonic() + 60
+        sent = False
+        while b"count" not in out and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+            if b"ready" in out and not sent:
+                os.write(fd, b"\x03")
+                sent = True
+        while select.select([fd], [], [], 1)[0]:  # the rest, to the end
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"count 1" in out, out
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_cli_forwards_signal_sent_right_after_start(procs, sleep_marker):
     proc = _start_trapping_cli("TERM", 7, sleep_marker, settle=0)
     proc.terminate()
