@@ -9,6 +9,7 @@ fds csrc/net.c wires it with.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -169,7 +170,9 @@ def lease(network: Network, name: str | None) -> Lease:
         if "error" in reply:
             if reply.get("kind") == "name-taken":
                 raise _errors.SpecError(f"nsbox: {reply['error']}")
-            raise _errors.NetworkSetupError(0, f"nsbox: {reply['error']}", stage="network")
+            # ENOSPC: the address pool is full (the supervisor waits for room).
+            err = errno.ENOSPC if reply.get("kind") == "full" else 0
+            raise _errors.NetworkSetupError(err, f"nsbox: {reply['error']}", stage="network")
         return Lease(hub, network, reply, name)
     except BaseException:
         _drop(hub)

@@ -22,6 +22,7 @@ This is the only module that imports trio.
 from __future__ import annotations
 
 import collections
+import errno
 import math
 import os
 import signal
@@ -55,6 +56,11 @@ __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStat
 # Options that are per run, so a warm slot can serve them (the rest must match its pool).
 _PER_RUN = frozenset({"stdin", "stdout", "stderr", "bufsize"})
 _TEXT_OPTIONS = ("text", "universal_newlines", "encoding", "errors")
+ADDRESS_RETRY = 0.5  # s: a start waiting for a network address looks again at least this often
+
+
+def _addresses_full(exc: BaseException) -> bool:
+    return isinstance(exc, _errors.NetworkSetupError) and exc.errno == errno.ENOSPC
 _SLOT_ARGS = ("nsbox-warm-slot",)  # a parked slot's placeholder command
 
 # fds the supervisor holds per running sandbox: its pidfd. The report pipe is closed once
@@ -541,6 +547,28 @@ class Supervisor:
                 return handle
         # Bad input raises now, not after a wait for room (make_spec remembers it).
         make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
+        while True:
+            try:
+                return await self._start_cold(args, wait, options)
+            except _errors.NetworkSetupError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # The network's address pool is full: queued like any other
+                # limit, until an address is given back (ours, or another
+                # process's: looked at again now and then).
+                if not wait:
+                    raise _errors.CapacityError(str(exc), "addresses", 0) from None
+                self._waiting += 1
+                try:
+                    if self._room is None:
+                        self._room = trio.Event()
+                    with trio.move_on_after(ADDRESS_RETRY):
+                        await self._room.wait()
+                finally:
+                    self._waiting -= 1
+
+    async def _start_cold(self, args: object, wait: bool, options: dict
+                          ) -> SupervisedSandbox:
         await self._acquire(wait)
         if self._closed:  # it closed while this start waited for room
             self._release()
@@ -580,8 +608,8 @@ class Supervisor:
                 box.close()
             if "_status" in extra:
                 self._status_slots.give(extra["_status"])
-            if isinstance(exc, Exception):  # a setup error, not a cancellation
-                self._failed += 1
+            if isinstance(exc, Exception) and not _addresses_full(exc):
+                self._failed += 1  # a setup error, not a cancellation or a full network
             raise
         self._start_ended()
         if "_status" in extra:

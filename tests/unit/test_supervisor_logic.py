@@ -4,6 +4,7 @@ state machine checks the invariants over random sequences."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -174,6 +175,44 @@ def test_setup_failure_frees_the_slot():
             st = sup.statistics()
             assert (st.failed, st.live) == (1, 1)
             box._box.exit(0)
+
+    run(main)
+
+
+def test_a_full_address_pool_queues_starts_like_any_limit():
+    free = [0]  # addresses left on the fake network
+
+    class NetBox(FakeBox):
+        def __init__(self, args, **options):
+            if args == ["net"]:
+                if not free[0]:
+                    raise nsbox.NetworkSetupError(
+                        errno.ENOSPC, "nsbox: network 'x' (10.9.0.0/24) has no free address",
+                        stage="network")
+                free[0] -= 1
+            super().__init__(args, **options)
+
+    async def main():
+        async with open_supervisor(grace=0, _launcher=NetBox) as sup:
+            holder = await sup.start(["other"])
+            with pytest.raises(nsbox.CapacityError) as info:
+                await sup.start(["net"], wait=False)
+            assert info.value.limit == "addresses"
+            started = []
+
+            async def later():
+                started.append(await sup.start(["net"]))
+
+            async with trio.open_nursery() as n:
+                n.start_soon(later)
+                await trio.sleep(10)
+                assert not started and sup.statistics().waiting == 1
+                free[0] = 1  # an address given back (here: with a sandbox's end)
+                holder._box.exit(0)
+            await trio.testing.wait_all_tasks_blocked()  # the holder's watcher too
+            st = sup.statistics()
+            assert started and (st.failed, st.waiting, st.live) == (0, 0, 1)
+            started[0]._box.exit(0)
 
     run(main)
 
