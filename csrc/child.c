@@ -603,9 +603,10 @@ static void build_filesystem(const struct nsbox_spec *s)
         TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, fchdir(root));
         TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, sys_pivot_root(".", "."));
         /* The old root is now stacked on the new one, with what lay between
-         * them before on top of it: the root given (not in place) and every
-         * mirror but the last. umount2(".") takes the topmost each time. */
-        int layers = 1 + !in_place + (rerooted > 0 ? rerooted - 1 : 0);
+         * them before on top of it: with mirrors at / (the last is the new
+         * root), the root given (not in place) and every mirror but the last.
+         * umount2(".") takes the topmost each time. */
+        int layers = rerooted ? !in_place + rerooted : 1;
         for (int i = 0; i < layers; i++)
             TRY(s, NSBOX_STAGE_PIVOT_ROOT, 0, sys_umount2(".", MNT_DETACH));
     }

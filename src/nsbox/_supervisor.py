@@ -57,10 +57,6 @@ __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStat
 _PER_RUN = frozenset({"stdin", "stdout", "stderr", "bufsize"})
 _TEXT_OPTIONS = ("text", "universal_newlines", "encoding", "errors")
 ADDRESS_RETRY = 0.5  # s: a start waiting for a network address looks again at least this often
-
-
-def _addresses_full(exc: BaseException) -> bool:
-    return isinstance(exc, _errors.NetworkSetupError) and exc.errno == errno.ENOSPC
 _SLOT_ARGS = ("nsbox-warm-slot",)  # a parked slot's placeholder command
 
 # fds the supervisor holds per running sandbox: its pidfd. The report pipe is closed once
@@ -73,6 +69,11 @@ FDS_PER_SANDBOX = 1
 # rest of a burst) instead of running after it.
 REFILL_DELAY = 0.02
 FD_RESERVE = 64
+
+
+def _addresses_full(exc: BaseException) -> bool:
+    """A network's address pool was full (admission waits for one, see start)."""
+    return isinstance(exc, _errors.NetworkSetupError) and exc.errno == errno.ENOSPC
 
 
 class _StatusSlots:

@@ -306,6 +306,18 @@ def test_rootfs_replaces_host_root(rootfs, static_probe):
     assert sorted(os.listdir(rootfs)) == ["bin", "etc"]
 
 
+def test_rootfs_with_its_own_dev_proc_and_tmp(rootfs, static_probe):
+    # No mirror needed at / this time: one layer to take away, the old root.
+    for d in ("dev", "proc", "tmp"):
+        (rootfs / d).mkdir(mode=0o755)
+    r = nsbox.run(static_probe.argv("/bin/probe", "cat", "/proc/self/mountinfo"),
+                  rootfs=str(rootfs), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    mounts = [line.split()[4] for line in r.stdout.splitlines()]
+    assert mounts.count("/") == 1 and {"/proc", "/dev", "/tmp"} <= set(mounts), mounts
+    assert not [m for m in mounts if m.startswith(("/sys", "/work", "/usr"))], mounts
+
+
 def test_rootfs_with_tmp_and_binds(rootfs, static_probe):
     r = nsbox.run(["/bin/probe", "ls", "/tmp"], rootfs=str(rootfs), capture_output=True,
                   text=True)
