@@ -674,9 +674,16 @@ static void drop_caps(const struct nsbox_spec *s)
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
             if (errno == EINVAL)
                 break; /* past the kernel's last capability */
+            /* An unprivileged caller without a user namespace may not lower
+             * it, and need not: with no ambient capabilities and
+             * no_new_privs (below), nothing it execs can gain one. */
+            if (errno == EPERM && !(s->namespaces & NSBOX_NS_USER) && geteuid() != 0)
+                break;
             fail(s, NSBOX_STAGE_CAPS, errno, cap);
         }
     }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        fail(s, NSBOX_STAGE_CAPS, errno, 64);
     TRY(s, NSBOX_STAGE_CAPS, 64, prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
 }
 

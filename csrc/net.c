@@ -155,6 +155,12 @@ static int wire_veth(const struct nsbox_spec *s, int fd, int pid)
     pifi.ifi_family = AF_UNSPEC;
     nl_put_raw(&r, &pifi, sizeof pifi);
     nl_put(&r, IFLA_IFNAME, "eth0", 5);
+    /* eth0's MAC follows from its address (02:42:a:b:c:d, as docker's): an
+     * address handed to another sandbox keeps its MAC, so the neighbours that
+     * talked to the last one have no stale ARP entry to wait out. */
+    unsigned char mac[6] = {0x02, 0x42, 0, 0, 0, 0};
+    memcpy(mac + 2, &s->net_addr, 4);
+    nl_put(&r, IFLA_ADDRESS, mac, sizeof mac);
     nl_put(&r, IFLA_NUM_TX_QUEUES, &one, sizeof one);
     nl_put(&r, IFLA_NUM_RX_QUEUES, &one, sizeof one);
     uint32_t target = (uint32_t)pid;

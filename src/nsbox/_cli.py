@@ -397,7 +397,8 @@ def parse_run(argv: list[str]):
         cmd,
         env=_env_from(ns),
         cwd=ns.chdir,
-        rootfs=os.path.abspath(ns.rootfs) if ns.rootfs else None,
+        # '' is not "no rootfs": the Spec refuses it (as it does --chdir '').
+        rootfs=os.path.abspath(ns.rootfs) if ns.rootfs else ns.rootfs,
         mounts=mounts,
         network=ns.network,
         hostname=ns.hostname,
@@ -483,6 +484,8 @@ class _StatusWriter:
     def check(self) -> None:
         if self.fd is None:
             return
+        if not 0 <= self.fd < 2**31:
+            raise CliError(f"--status-fd {self.fd}: not a file descriptor")
         try:
             os.fstat(self.fd)
         except OSError as exc:

@@ -148,6 +148,28 @@ def _pick_subnet(requested: str) -> ipaddress.IPv4Network:
                      "route: give the network a subnet")
 
 
+
+class _Addresses:
+    """The free addresses, in the order they are handed out: those never
+    used yet (counted, not listed: a /8 has 16 million), then those given back,
+    least recently first."""
+
+    def __init__(self, first: ipaddress.IPv4Address, last: ipaddress.IPv4Address):
+        self._next, self._last = int(first), int(last)
+        self._back: deque[ipaddress.IPv4Address] = deque()
+
+    def __len__(self) -> int:
+        return max(self._last - self._next + 1, 0) + len(self._back)
+
+    def popleft(self) -> ipaddress.IPv4Address:
+        if self._next <= self._last:
+            self._next += 1
+            return ipaddress.IPv4Address(self._next - 1)
+        return self._back.popleft()
+
+    def append(self, address: ipaddress.IPv4Address) -> None:
+        self._back.append(address)
+
 class Lease:
     __slots__ = ("id", "client", "name", "address", "host_if", "shard", "listeners", "conns",
                  "netns")
@@ -175,10 +197,11 @@ class Hub:
         self.listener = listener
         self.own_userns = own_userns
         self.uid = os.geteuid()
-        hosts = list(subnet.hosts())[1:]  # the first host is the gateway
         self.host_fd = host_fd  # the caller's net namespace, for a host route
-        self.host_address = hosts.pop() if host_fd >= 0 else None  # the last: the host's
-        self.free: deque[ipaddress.IPv4Address] = deque(hosts)
+        # The first host is the gateway; the last the host's, with a host route.
+        last = subnet.broadcast_address - 1
+        self.host_address = last if host_fd >= 0 else None
+        self.free = _Addresses(self.gateway + 1, last - (1 if host_fd >= 0 else 0))
         self.leases: dict[int, Lease] = {}
         self.names: dict[str, Lease] = {}
         self.clients: dict[socket.socket, set[int]] = {}
@@ -212,6 +235,7 @@ class Hub:
         self.dns.bind((str(self.gateway), 53))
         self.dir = tempfile.mkdtemp(prefix=f"nsbx-net-{self.name}-")
         os.chmod(self.dir, 0o755)
+        self.sweep_stale_dirs()
         _write(os.path.join(self.dir, "resolv.conf"),
                f"nameserver {self.gateway}\nsearch {self.domain}\noptions ndots:1 timeout:1\n")
         _write(os.path.join(self.dir, "hosts"),
@@ -276,6 +300,26 @@ class Hub:
                 self.accept(self.listener)
             except BlockingIOError:
                 return bool(self.clients)
+
+    def sweep_stale_dirs(self) -> None:
+        """Remove the files directories of this network's earlier hubs, killed
+        before they could: we hold the network's socket, so none of them lives.
+        (mkdtemp's suffix has no '-': network 'ci' does not take 'ci-2''s.)"""
+        prefix = f"nsbx-net-{self.name}-"
+        try:
+            entries = list(os.scandir(os.path.dirname(self.dir)))
+        except OSError:
+            return
+        for entry in entries:
+            rest = entry.name[len(prefix):]
+            if not entry.name.startswith(prefix) or "-" in rest or entry.path == self.dir:
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False) and \
+                        entry.stat(follow_symlinks=False).st_uid == os.geteuid():
+                    shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:
+                pass
 
     def shutdown(self) -> None:
         self.listener.close()  # first: a client arriving now starts a new hub

@@ -116,29 +116,63 @@ def _mismatch(network: Network, hub: _Hub) -> str | None:
     return None
 
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # guards _hubs and _starting; never held while a hub starts
 _hubs: dict[str, _Hub] = {}
+_starting: dict[str, threading.Lock] = {}  # held by the thread connecting to a network's hub
 
 
 def _forget_after_fork() -> None:
+    """In a forked child: it is not the hubs' client. Close its copies of their
+    sockets and fds too, or a hub would keep the parent's leases (names,
+    addresses, published ports) for as long as the child lives, parent killed
+    or not."""
     global _lock
     _lock = threading.Lock()
-    _hubs.clear()  # the fds were inherited; the child is not the hub's client
+    _starting.clear()
+    for hub in _hubs.values():
+        try:
+            hub.close()
+        except OSError:
+            pass
+    _hubs.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _acquire(network: Network) -> _Hub:
-    with _lock:
-        hub = _hubs.get(network.name)
-        if hub is None:
+    """This process's connection to the network's hub (started if need be),
+    one more reference to it. Connecting to (or starting) one network's hub
+    takes a while: starts and ends on the others go on meanwhile, and other
+    threads wanting the same one wait for it."""
+    name = network.name
+    while True:
+        with _lock:
+            hub = _hubs.get(name)
+            if hub is not None:
+                if _mismatch(network, hub):
+                    raise _errors.SpecError(_mismatch(network, hub))
+                hub.refs += 1
+                return hub
+            gate = _starting.get(name)
+            mine = gate is None
+            if mine:
+                gate = _starting[name] = threading.Lock()
+                gate.acquire()
+        if not mine:
+            with gate:  # until the thread connecting is done, then look again
+                pass
+            continue
+        try:
             hub = _Hub(network)
-            _hubs[network.name] = hub
-        elif _mismatch(network, hub):
-            raise _errors.SpecError(_mismatch(network, hub))
-        hub.refs += 1
-        return hub
+            with _lock:
+                hub.refs += 1
+                _hubs[name] = hub
+            return hub
+        finally:
+            with _lock:
+                del _starting[name]
+            gate.release()
 
 
 def _drop(hub: _Hub) -> None:

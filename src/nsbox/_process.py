@@ -30,6 +30,9 @@ STDOUT = -2
 DEVNULL = -3
 
 
+_MAX_WAIT = 86400.0  # s: the longest single poll (longer timeouts wait in pieces)
+
+
 def _timeout_expired(*args, **kwargs):
     import subprocess
 
@@ -675,7 +678,9 @@ class Sandbox:
                     return True
                 continue
             remaining = deadline - time.monotonic()
-            if poller.poll(max(remaining, 0) * 1000):
+            # At most a day per poll: poll(2) takes an int of ms (a timeout of
+            # weeks, as subprocess allows, is waited for in pieces).
+            if poller.poll(min(max(remaining, 0), _MAX_WAIT) * 1000):
                 return True
             if remaining <= 0:
                 return False
@@ -781,7 +786,8 @@ class Sandbox:
                         self.args, timeout, output=self._partial(self.stdout),
                         stderr=self._partial(self.stderr),
                     )
-                for key, _ in sel.select(remaining):
+                for key, _ in sel.select(None if remaining is None
+                                         else min(remaining, _MAX_WAIT)):
                     if key.fileobj is self.stdin:
                         chunk = self._input[self._input_offset : self._input_offset + _PIPE_BUF]
                         try:
@@ -852,6 +858,7 @@ class Sandbox:
     def connect(self, port: int, timeout: float | None = None):
         """A socket connected to `port` of the sandbox, from inside its network
         (no published port needed; works for callers without privilege too)."""
+        port = _spec.check_port(port)
         sock = self._network_socket()
         try:
             sock.settimeout(timeout)

@@ -110,6 +110,8 @@ def check_id(value: object) -> str:
 def _seconds(value: object, what: str, *, zero: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{what} must be a number of seconds, not {value!r}")
+    if isinstance(value, int) and not -10**7 < value < 10**7:  # float() would overflow
+        raise SpecError(f"{what} must be under 10000000 seconds: {str(value)[:40]}")
     v = float(value)
     if not (v >= 0 and v < 10**7) or (v == 0 and not zero):
         raise SpecError(f"{what} must be {'non-negative' if zero else 'positive'} "
@@ -128,7 +130,7 @@ def parse_listen(value: object) -> tuple[str, int]:
     if not isinstance(value, str):
         raise SpecError(f"serve.listen must be a string ADDR:PORT, not {value!r}")
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit() and len(port) <= 5):
         raise SpecError(f"serve.listen must be ADDR:PORT: {value!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     host = host or DEFAULT_LISTEN[0]
@@ -303,6 +305,8 @@ def load_config(path: str | os.PathLike) -> ServeConfig:
                         f"{exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{os.fspath(path)}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{os.fspath(path)}: not UTF-8 (TOML is): byte {exc.start}") from None
     return parse_config(data)
 
 

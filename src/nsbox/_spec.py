@@ -245,16 +245,38 @@ class Publish(Frozen):
         return f"publish {self.host_address}:{self.host_port}:{self.port}"
 
 
+def _decimal(text: str) -> int | None:
+    """ASCII decimal digits (at most 20) as an int; else None. (str.isdigit
+    alone takes '²' and other digits int() refuses, and int() of a very long
+    string is a ValueError of its own.)"""
+    text = text.strip()
+    if text and len(text) <= 20 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _shown(value: object) -> str:
+    """repr(value), cut short: a message names the value, not all of a huge one."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:40] + "...(" + str(len(text)) + " chars)"
+
+
+def check_port(value: object) -> int:
+    """A TCP port to connect to (1-65535), or SpecError."""
+    return _port(value, "port", allow_zero=False)
+
+
 def _port_text(text: str) -> object:
-    return int(text) if text.isdigit() else text
+    number = _decimal(text)
+    return text if number is None else number
 
 
 def _port(value: object, what: str, *, allow_zero: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{what} must be an integer, not {value!r}")
+        raise SpecError(f"{what} must be an integer, not {_shown(value)}")
     low = 0 if allow_zero else 1
     if not low <= value <= 65535:
-        raise SpecError(f"{what} must be between {low} and 65535: {value}")
+        raise SpecError(f"{what} must be between {low} and 65535: {_shown(value)}")
     return value
 
 
@@ -287,7 +309,7 @@ def parse_size(value: object, what: str = "size") -> int:
     elif isinstance(value, str):
         parsed = _parse_size_text(value)
         if parsed is None:
-            raise SpecError(f"{what} {value!r} is not a size (e.g. 65536, '64M', '1G')")
+            raise SpecError(f"{what} {_shown(value)} is not a size (e.g. 65536, '64M', '1G')")
         size = parsed
     else:
         raise SpecError(f"{what} must be a number of bytes or a string like '64M', not {value!r}")
@@ -353,24 +375,26 @@ def format_size(size: int) -> str:
 
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, str):
+        if isinstance(value, str) and value.isascii() and len(value) <= 64:
             try:
                 return _number(float(value), what)
             except ValueError:
                 pass
-        raise SpecError(f"{what} must be a number, not {value!r}")
+        raise SpecError(f"{what} must be a number, not {_shown(value)}")
+    if isinstance(value, int) and abs(value) > 2**63:
+        raise SpecError(f"{what} is too large: {_shown(value)}")
     if value != value or value in (float("inf"), float("-inf")):
         raise SpecError(f"{what} must be a finite number: {value!r}")
     return value
 
 
 def _count(value: object, what: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
+    if isinstance(value, str) and _decimal(value) is not None:
+        value = _decimal(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SpecError(f"{what} must be an integer, not {value!r}")
+        raise SpecError(f"{what} must be an integer, not {_shown(value)}")
     if not minimum <= value <= maximum:
-        raise SpecError(f"{what} must be between {minimum} and {maximum}: {value}")
+        raise SpecError(f"{what} must be between {minimum} and {maximum}: {_shown(value)}")
     return value
 
 
@@ -686,10 +710,9 @@ class Spec(Frozen):
         if limits is not None and limits == Limits():
             limits = None
         set_(self, "limits", limits)
-        if limits is not None and limits.pids is not None and limits.pids < 2 and "pid" in ns:
-            raise SpecError(
-                "pids must be at least 2 with a pid namespace: the sandbox's init is one task"
-            )
+        if limits is not None and limits.pids is not None and limits.pids < 2:
+            # nsbox-init is in the cgroup too, pid 1 or not.
+            raise SpecError(f"pids={limits.pids}: at least 2, the sandbox's init is one task")
 
     @property
     def environ(self) -> dict[str, str] | None:

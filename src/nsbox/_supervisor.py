@@ -46,6 +46,7 @@ from ._spec import (
     _frozen_value,
     _signature,
     check_path,
+    check_port,
     make_spec,
     remembered,
 )
@@ -56,7 +57,9 @@ __all__ = ["open_supervisor", "Supervisor", "SupervisedSandbox", "SupervisorStat
 # Options that are per run, so a warm slot can serve them (the rest must match its pool).
 _PER_RUN = frozenset({"stdin", "stdout", "stderr", "bufsize"})
 _TEXT_OPTIONS = ("text", "universal_newlines", "encoding", "errors")
-ADDRESS_RETRY = 0.5  # s: a start waiting for a network address looks again at least this often
+# s: a start waiting for a network address looks again at least this often (an
+# address comes back once the hub has let its old namespace go, a little after the end)
+ADDRESS_RETRY = 0.05
 _SLOT_ARGS = ("nsbox-warm-slot",)  # a parked slot's placeholder command
 
 # fds the supervisor holds per running sandbox: its pidfd. The report pipe is closed once
@@ -236,6 +239,7 @@ class SupervisedSandbox:
 
     async def connect(self, port: int) -> trio.SocketStream:
         """A trio stream connected to `port` of the sandbox, from inside its network."""
+        port = check_port(port)
         sock = trio.socket.from_stdlib_socket(self._box._network_socket())
         try:
             await sock.connect((str(self.address), port))

@@ -452,3 +452,19 @@ def test_a_caller_with_stdin_or_stdout_closed(closed):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.stderr.decode().endswith("(0, b'in\\nout\\n', b'err\\n', 0)"), done.stderr
 
+
+def test_timeouts_of_weeks_or_infinity_as_subprocess_allows():
+    assert nsbox.run(["true"], timeout=30 * 86400).returncode == 0
+    assert nsbox.run(["true"], timeout=float("inf")).returncode == 0
+    assert nsbox.run(["cat"], input=b"x", capture_output=True, timeout=1e10).stdout == b"x"
+    with nsbox.Sandbox(["true"]) as box:
+        assert box.wait(timeout=1e12) == 0
+
+
+def test_no_namespaces_at_all():
+    # An unprivileged caller cannot lower its capability bounding set without
+    # a user namespace, and needs not (no_new_privs): it runs all the same.
+    r = nsbox.run(["sh", "-c", "grep NoNewPrivs /proc/self/status"], namespaces=[],
+                  capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["NoNewPrivs:", "1"], r
+

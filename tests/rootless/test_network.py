@@ -442,3 +442,51 @@ def test_the_teardown_pacer_takes_a_veth_off_its_bridge():
                         code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "True", "None", "False"]
+
+
+def test_eth0_mac_follows_the_address(nets):
+    # A reused address keeps its MAC: neighbours' ARP entries stay right.
+    probe = ("import fcntl,socket,struct;s=socket.socket();q=struct.pack('256s',b'eth0');"
+             "mac=fcntl.ioctl(s.fileno(),0x8927,q)[18:24];"  # SIOCGIFHWADDR
+             "ip=fcntl.ioctl(s.fileno(),0x8915,q)[20:24];"  # SIOCGIFADDR
+             "print(mac.hex(':'), ip.hex(':'))")
+    r = nsbox.run([SANDBOX_PYTHON, "-c", probe], network=nets(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    mac, ip = r.stdout.split()
+    assert mac == "02:42:" + ip
+
+
+def test_a_forked_child_does_not_keep_the_hub(nets):
+    # Its copy of the hub connection would keep the parent's leases (names,
+    # addresses, ports) after the parent dies: a forked child closes it.
+    net = nets()
+    with nsbox.Sandbox(["sleep", "30"], network=net):
+        fd = _network._hubs[net].sock.fileno()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.fstat(fd)
+                os._exit(1)
+            except OSError:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_new_hub_sweeps_the_files_a_killed_one_left(nets, tmp_path):
+    net = nets()
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    stale = os.path.join(tmp, f"nsbx-net-{net}-zz0stale")
+    other = os.path.join(tmp, f"nsbx-net-{net}-2-zz0other")  # network '<net>-2': not ours
+    for d in (stale, other):
+        os.mkdir(d)
+    try:
+        assert nsbox.run(["true"], network=net).returncode == 0
+        assert not os.path.exists(stale) and os.path.exists(other)
+    finally:
+        for d in (stale, other):
+            if os.path.exists(d):
+                os.rmdir(d)
+

@@ -172,6 +172,21 @@ def test_main_messages_name_the_value(capsys):
     assert "work" in _nsbox_line(capsys)
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--rootfs", ""], "rootfs"),  # not "no rootfs": that would be the host's root
+    (["--rootfs="], "rootfs"),
+    (["--status-fd", "99999999999"], "99999999999"),
+    (["--pids", "\u00b2"], "pids"),  # a digit to str.isdigit, not to int()
+    (["--nofile", "9" * 5000], "nofile"),
+    (["--cpus", str(10**400)], "cpus"),
+    (["--network", "nsbxq", "--publish", "\u00b2:80"], "port"),
+])
+def test_main_hostile_values_are_one_line_not_an_internal_error(capsys, argv, words):
+    assert main(["run", *argv, "--", "true"]) == 125
+    line = _nsbox_line(capsys)
+    assert words in line and "internal error" not in line and len(line) < 300
+
+
 def test_main_closed_status_fd_is_125_before_any_sandbox(capsys):
     r, w = os.pipe()
     os.close(r)

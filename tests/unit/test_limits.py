@@ -52,10 +52,13 @@ def test_bad_values_are_spec_errors():
                 lambda lim: nsbox.Spec(["true"], limits=lim))
 
 
-def test_pids_must_leave_room_for_init_in_a_pid_namespace():
+def test_pids_must_leave_room_for_init():
     with pytest.raises(nsbox.SpecError, match="init"):
         nsbox.Spec(["true"], limits={"pids": 1})
-    assert nsbox.Spec(["true"], namespaces=["user"], limits={"pids": 1}).limits.pids == 1
+    # Without a pid namespace too: nsbox-init runs in the cgroup all the same.
+    with pytest.raises(nsbox.SpecError, match="pids=1"):
+        nsbox.Spec(["true"], namespaces=["user"], limits={"pids": 1})
+    assert nsbox.Spec(["true"], namespaces=["user"], limits={"pids": 2}).limits.pids == 2
 
 
 def test_empty_limits_are_no_limits():
@@ -138,3 +141,27 @@ def test_reason_cpu_time():
     # SIGKILL well before the CPU limit is someone else's doing.
     assert reason_for(-signal.SIGKILL, stats(0.1), lim, None) == "signaled"
     assert reason_for(-signal.SIGXCPU, stats(2.0), None, None) == "signaled"
+
+
+@pytest.mark.parametrize("kw", [{"cpus": 10**400}, {"cpu_time": 10**400}, {"pids": "\u00b2"},
+                                {"nofile": "9" * 5000}, {"memory": "9" * 5000},
+                                {"cpus": "1e400"}])
+def test_hostile_numbers_are_spec_errors_that_stay_short(kw):
+    with pytest.raises(nsbox.SpecError) as info:
+        Limits(**kw)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("publish", ["\u00b2:80", "9" * 5000 + ":80", "80:\u00b2"])
+def test_hostile_publish_values_are_spec_errors(publish):
+    with pytest.raises(nsbox.SpecError):
+        nsbox.Spec(["true"], network="ci", publish=publish)
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1, True, "80", 1.5])
+def test_connect_ports_are_checked(port):
+    from nsbox._spec import check_port
+
+    with pytest.raises(nsbox.SpecError):
+        check_port(port)
+

@@ -116,6 +116,24 @@ def test_load_config_reads_toml_and_reports_errors(tmp_path):
         load_config(bad)
     with pytest.raises(nsbox.SpecError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[template]\ncommand = ["caf\xe9"]\nport = 81\n')
+    with pytest.raises(nsbox.SpecError, match="not UTF-8"):
+        load_config(latin)
+
+
+@pytest.mark.parametrize("serve", [{"idle_timeout": 10**400}, {"grace": 10**30},
+                                   {"listen": "127.0.0.1:\u00b2"}])
+def test_hostile_serve_values_are_spec_errors(serve):
+    with pytest.raises(nsbox.SpecError):
+        parse_config({"serve": serve, "template": TEMPLATE})
+
+
+@pytest.mark.parametrize("limits", [{"cpus": 10**400}, {"pids": "\u00b2"},
+                                    {"nofile": "9" * 5000}])
+def test_hostile_template_limits_are_spec_errors(limits):
+    with pytest.raises(nsbox.SpecError):
+        parse_config({"template": {**TEMPLATE, "limits": limits}})
 
 
 def test_parse_listen():

@@ -1168,6 +1168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args._worker:
         return args
+    if not 0 < args.max_seconds < float("inf"):  # NaN fails this too
+        p.error(f"--max-seconds must be a positive number of seconds: {args.max_seconds}")
 
     if args.smoke:
         args.runs, args.warmup = 5, 1
