@@ -11,7 +11,9 @@ cgroup v2, unprivileged callers use the subtree systemd delegates to them):
   and the cgroup is killed pid by pid (pidfds).
 
 Only directories whose names start with `nsbx-` (and the default parent
-`nsbox`) are ever created, written or removed: cgroups that are not nsbox's
+`nsbox`) are ever written or removed, and created, but for a `cgroup_parent`
+the caller named that does not exist yet: that one is made (as docker's
+--cgroup-parent does) and stays, the caller's. Cgroups that are not nsbox's
 are read at most. The cgroup is removed when the sandbox is reaped; cgroups
 left by a process that was killed before it could remove them are removed by
 the next nsbox process that uses the same parent. (If the caller dies,

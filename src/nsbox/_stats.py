@@ -119,8 +119,10 @@ def reason_for(returncode: int, stats: Stats, limits, cause: str | None) -> str:
 
     cause: 'timeout' or 'killed' when the caller ended it. Then 'oom' when the
     cgroup's OOM killer killed a process and the command failed; 'cpu_time'
-    when the command died of SIGXCPU, or of SIGKILL having used its CPU time
-    (the hard limit, one second on); else 'signaled' or 'exited'.
+    when the command died of SIGXCPU, or of SIGKILL with the sandbox's CPU time
+    at least the hard limit (one second past the limit: the command alone
+    used that much, as the kernel kills it then); else 'signaled' or
+    'exited'.
     """
     signaled = returncode < 0
     if cause in ("timeout", "killed") and (signaled or cause == "timeout"):
@@ -130,7 +132,7 @@ def reason_for(returncode: int, stats: Stats, limits, cause: str | None) -> str:
     cpu_limit = getattr(limits, "cpu_time", None)
     if cpu_limit is not None and signaled:
         sig = -returncode
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and stats.cpu_time >= cpu_limit):
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and stats.cpu_time >= cpu_limit + 1):
             return "cpu_time"
     if cpu_limit is not None and returncode == 128 + signal.SIGXCPU:
         return "cpu_time"  # a shell reporting its child's SIGXCPU

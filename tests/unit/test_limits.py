@@ -138,8 +138,10 @@ def test_reason_cpu_time():
     assert reason_for(-signal.SIGXCPU, stats(2.0), lim, None) == "cpu_time"
     assert reason_for(-signal.SIGKILL, stats(3.1), lim, None) == "cpu_time"
     assert reason_for(128 + signal.SIGXCPU, stats(2.0), lim, None) == "cpu_time"
-    # SIGKILL well before the CPU limit is someone else's doing.
+    # SIGKILL before the hard limit (one second past) is someone else's doing,
+    # even with processes that used more than the limit between them.
     assert reason_for(-signal.SIGKILL, stats(0.1), lim, None) == "signaled"
+    assert reason_for(-signal.SIGKILL, stats(2.6), lim, None) == "signaled"
     assert reason_for(-signal.SIGXCPU, stats(2.0), None, None) == "signaled"
 
 
