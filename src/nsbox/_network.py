@@ -130,6 +130,7 @@ def _forget_after_fork() -> None:
     _lock = threading.Lock()
     _starting.clear()
     for hub in _hubs.values():
+        hub.lock = threading.Lock()  # it may have been held by another thread at fork
         try:
             hub.close()
         except OSError:
