@@ -521,10 +521,17 @@ class _SignalRelay:
         self._thread.start()
 
     def _relay(self) -> None:
+        wanted = set(FORWARDED_SIGNALS)
         while not self._done.is_set():
             info = signal.sigtimedwait(FORWARDED_SIGNALS, 0.1)
-            if info is not None and info.si_code != self.SI_KERNEL:
+            # A wait cut short (the CLI stopped and continued: ^Z, fg) can hand
+            # back a siginfo that is not one: only ours are forwarded.
+            if info is None or info.si_signo not in wanted or info.si_code == self.SI_KERNEL:
+                continue
+            try:
                 self._box.send_signal(info.si_signo)
+            except (OSError, ValueError):
+                pass
 
     def stop(self) -> None:
         self._done.set()

@@ -33,6 +33,37 @@ DEVNULL = -3
 _MAX_WAIT = 86400.0  # s: the longest single poll (longer timeouts wait in pieces)
 
 
+def _make_started():
+    import weakref
+
+    return weakref.WeakSet()
+
+
+_started = _make_started()  # every Sandbox this process started (see _disown_after_fork)
+
+
+def _disown_after_fork() -> None:
+    """In a forked child: the parent's sandboxes are not its own. It must not
+    kill them when its copies are dropped (nor reap them, nor read their end
+    off the shared report pipe): its copies of their fds are closed, and each
+    looks like a handle with nothing behind it (poll() None; kill() a no-op)."""
+    for box in list(_started):
+        box._lock = _thread.RLock()  # it may have been held by another thread at fork
+        box._park_sock = None
+        for attr in ("_pidfd", "_report_fd", "_command_pidfd"):
+            fd = getattr(box, attr, -1)
+            if fd >= 0:
+                setattr(box, attr, -1)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+    _started.clear()
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
+
+
 def _timeout_expired(*args, **kwargs):
     import subprocess
 
@@ -254,6 +285,7 @@ class Sandbox:
             raise
         for fd in child_fds:
             os.close(fd)
+        _started.add(self)
         if self._lease is not None:
             _network.hold_namespace(self._lease, self.pid)
         if self._group is not None:

@@ -68,6 +68,7 @@ class Env:
     inflight: int = 0
     requests: int = 0
     idle: list = dataclasses.field(default_factory=list)  # (stream, h11.Connection)
+    splices: set = dataclasses.field(default_factory=set)  # upgraded connections' scopes
     ready_time: float | None = None
     full: bool = False  # it could not start: the machine's limits (a 503)
 
@@ -347,6 +348,10 @@ class Router:
             except (_errors.NsboxError, OSError, ValueError):
                 pass
             await env.box.kill()
+        # Upgraded connections (websockets) end with it: one whose client reads
+        # nothing would never see the environment's side close.
+        for scope in list(env.splices):
+            scope.cancel()
 
     async def reap_idle(self) -> None:
         idle = self.config.idle_timeout
@@ -374,7 +379,10 @@ class Router:
         return stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD), False
 
     def give_back(self, env: Env, stream, conn: h11.Connection) -> None:
+        # Not with bytes past the response's end (a body on a 204 or a HEAD
+        # response): they would be taken for the next request's response.
         if (conn.our_state is h11.DONE and conn.their_state is h11.DONE
+                and not conn.trailing_data[0]
                 and env.state == "ready" and len(env.idle) < IDLE_UPSTREAMS):
             conn.start_next_cycle()
             env.idle.append((stream, conn))
@@ -498,18 +506,20 @@ class _Client:
             async with self.send_lock:
                 await self.stream.send_all(data)
 
-    async def simple(self, status: int, headers: list, body: bytes, close: bool = False) -> int:
-        """A whole response of ours; the body bytes sent (for the log)."""
+    async def simple(self, status: int, headers: list, body: bytes, close: bool = False,
+                     head: bool = False) -> int:
+        """A whole response of ours; the body bytes sent (for the log). To a HEAD
+        request (`head`): the headers GET would get, Content-Length too, no body."""
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         if close or self.r.shutting_down:
             headers.append((b"connection", b"close"))
         await self.send(h11.Response(status_code=status, headers=headers))
-        if self.conn.our_state is not h11.SEND_BODY:  # a response to HEAD
+        if self.conn.our_state is not h11.SEND_BODY:
             return 0
-        if body:
+        if body and not head:
             await self.send(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
-        return len(body)
+        return 0 if head else len(body)
 
     async def fail(self, status: int, message: str, extra: list | None = None) -> int:
         """An error response, if none has begun; the connection closes after it.
@@ -622,7 +632,7 @@ class _Client:
                     return False
                 status, headers, data = await self.r.control(method, rt.target, req.headers,
                                                              body)
-                sent = await self.simple(status, headers, b"" if method == "HEAD" else data)
+                sent = await self.simple(status, headers, data, head=method == "HEAD")
                 return True
             if rt.kind != "env":
                 status = 400 if rt.kind == "bad" else 404
@@ -1000,10 +1010,14 @@ class _Exchange:
             scope.cancel()
 
         async with trio.open_nursery() as n:
+            self.env.splices.add(n.cancel_scope)
+            if self.env.state not in ("starting", "ready"):  # stopped meanwhile
+                n.cancel_scope.cancel()
             n.start_soon(one_way, c.stream, self.up, c.conn.trailing_data[0], n.cancel_scope,
                          False)
             n.start_soon(one_way, self.up, c.stream, self.uconn.trailing_data[0],
                          n.cancel_scope, True)
+        self.env.splices.discard(n.cancel_scope)
 
 
 class _UpstreamError(Exception):

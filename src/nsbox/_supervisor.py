@@ -74,6 +74,11 @@ REFILL_DELAY = 0.02
 FD_RESERVE = 64
 
 
+def _network_of(args: object, options: dict) -> object:
+    """The network a start's spec names (validated already: see start)."""
+    return make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS}).network
+
+
 def _addresses_full(exc: BaseException) -> bool:
     """A network's address pool was full (admission waits for one, see start)."""
     return isinstance(exc, _errors.NetworkSetupError) and exc.errno == errno.ENOSPC
@@ -293,6 +298,9 @@ class SupervisedSandbox:
 
     # -- the supervisor's side ---------------------------------------------------------
 
+    # KeyboardInterrupt is not raised in here (trio delivers it elsewhere, in the
+    # caller's task): in a watcher it would come out wrapped in an ExceptionGroup.
+    @trio.lowlevel.enable_ki_protection
     async def _watch(self) -> None:
         """Wait for init's exit on its pidfd, reap, release (the watcher task).
 
@@ -415,6 +423,13 @@ class Pool:
                     made[0].close()
                     sup._release()
                     break
+                if sup._waiting:
+                    # A start began to wait for room while this slot was made:
+                    # the room is its (a spare never keeps a start waiting).
+                    made[0].close()
+                    self.evicted += 1
+                    sup._release()
+                    continue
                 self._ready.append(made[0])
 
     def _discard_all(self) -> None:
@@ -504,10 +519,12 @@ class Supervisor:
             self._room.set()
             self._room = None
 
-    def _evict_parked(self) -> bool:
+    def _evict_parked(self, network: object = None) -> bool:
         """End one parked slot of the fullest pool (its room goes to a start that
-        no pool matches); False when none is parked."""
-        pool = max(self._pools.values(), key=lambda p: len(p._ready), default=None)
+        no pool matches); with `network`, of a pool on that network (its address
+        goes back). False when none is parked."""
+        pools = [p for p in self._pools.values() if network is None or p.spec.network == network]
+        pool = max(pools, key=lambda p: len(p._ready), default=None)
         if pool is None or not pool._ready:
             return False
         pool._ready.pop().close()
@@ -552,16 +569,21 @@ class Supervisor:
                 return handle
         # Bad input raises now, not after a wait for room (make_spec remembers it).
         make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
+        evicted = False
         while True:
             try:
                 return await self._start_cold(args, wait, options)
             except _errors.NetworkSetupError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
-                # The network's address pool is full: queued like any other
-                # limit, until an address is given back (ours, or another
-                # process's: looked at again now and then).
-                if not wait:
+                # The network's address pool is full: a parked slot of ours on it
+                # gives its address up (back once the hub has let its namespace
+                # go: a few ms); else queued like any other limit, until an
+                # address is given back (ours, or another process's: looked at
+                # again now and then).
+                if not evicted and self._evict_parked(_network_of(args, options)):
+                    evicted = True
+                elif not wait:
                     raise _errors.CapacityError(str(exc), "addresses", 0) from None
                 self._waiting += 1
                 try:
@@ -804,30 +826,46 @@ class Supervisor:
             fds_in_use=len(os.listdir("/proc/self/fd")), capacity=self.capacity,
             limit=self.limit)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self) -> KeyboardInterrupt | None:
         """Every live sandbox: SIGTERM, grace, SIGKILL, reaped (their watchers
         reap them). One pass of signals and one deadline for all, not a task
         and a timer per sandbox: with thousands live that is most of the
-        teardown's own cost."""
+        teardown's own cost. A ^C meanwhile (trio delivers it to a blocked main
+        task, shield or not) cuts the grace short and does not stop the rest:
+        the KeyboardInterrupt is returned, for the caller to raise after."""
         self._closed = True
+        interrupted: KeyboardInterrupt | None = None
+
+        async def until(event_of, deadline: float = math.inf) -> None:
+            nonlocal interrupted
+            while True:
+                try:
+                    with trio.move_on_at(deadline):
+                        await event_of().wait()
+                    return
+                except KeyboardInterrupt as exc:
+                    interrupted = interrupted or exc
+                    deadline = trio.current_time()  # the grace is over: hurry
+
         for pool in list(self._pools.values()):
             pool.close()
         # Starts in flight (their clone or init's report) land in _live first, so
         # they are ended with the rest; later ones see _closed and raise.
         while self._starting:
             self._landed = trio.Event()
-            await self._landed.wait()
+            await until(lambda: self._landed)
         if not self._live:
-            return
+            return interrupted
         self._none_live = trio.Event()
-        if self.grace > 0:
+        if self.grace > 0 and interrupted is None:
             for handle in list(self._live):
                 handle.send_signal(signal.SIGTERM)
-            with trio.move_on_after(self.grace):
-                await self._none_live.wait()
+            await until(lambda: self._none_live, trio.current_time() + self.grace)
         for handle in list(self._live):
             handle.send_signal(signal.SIGKILL)
-        await self._none_live.wait()
+        while self._live:
+            await until(lambda: self._none_live)
+        return interrupted
 
 
 async def _pump(box: SupervisedSandbox, input: bytes | None, timeout: float | None,
@@ -893,7 +931,9 @@ async def open_supervisor(*, grace: float = 1.0, max_live: int | None = None,
                 body_error = exc
             finally:
                 with trio.CancelScope(shield=True):
-                    await sup._shutdown()
+                    interrupted = await sup._shutdown()
+                if interrupted is not None and body_error is None:
+                    body_error = interrupted  # a ^C while it ended them: raised now
     finally:
         if sup._status_slots is not None:  # every watcher has given its slot back
             sup._status_slots.close()

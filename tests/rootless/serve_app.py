@@ -8,6 +8,7 @@ GET  /bytes?n=N        N bytes, streamed in chunks
 GET  /slow?s=S         answers after S seconds
 GET  /close            closes the connection without a response
 GET  /two-lengths      a response framed two ways (Content-Length and chunked): invalid
+GET  /stray            a 204 followed by 5 stray bytes, in one write (a broken server)
 GET  /resolve?name=X   the address X resolves to, from inside the environment
 GET  /ws               a websocket echo (text and binary frames, masked from the client)
 GET  /env?name=K       the environment variable K
@@ -68,6 +69,10 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/slow":
             time.sleep(float(q.get("s", "1")))
             return self._send(200, "slow")
+        if url.path == "/stray":
+            self.log_request(204)
+            self.wfile.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello")
+            return None
         if url.path == "/two-lengths":
             self.log_request(200)
             self.close_connection = True

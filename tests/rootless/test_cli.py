@@ -432,6 +432,19 @@ def test_a_terminals_ctrl_c_reaches_the_command_once():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_cli_forwards_signals_after_being_stopped_and_continued(procs, sleep_marker):
+    # ^Z then fg: the wait for signals is cut short with a siginfo that is not
+    # one; forwarding must go on.
+    proc = _start_trapping_cli("TERM", 7, sleep_marker)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGCONT)
+    time.sleep(0.2)
+    proc.terminate()
+    assert _finish(proc, timeout=10) == 7
+    assert procs.wait_gone(sleep_marker, timeout=5) == []
+
+
 def test_cli_forwards_signal_sent_right_after_start(procs, sleep_marker):
     proc = _start_trapping_cli("TERM", 7, sleep_marker, settle=0)
     proc.terminate()

@@ -338,3 +338,19 @@ def test_many_concurrent_running_sandboxes(procs, sleep_marker):
             b.close()
     assert all(b.returncode == -signal.SIGKILL for b in boxes)
     assert procs.marked(sleep_marker) == []
+
+
+def test_a_forked_child_leaves_the_parents_sandbox_alone():
+    # Its copy dropped (exit, gc) must not kill the parent's sandbox, nor may
+    # its wait() take the parent's exit record.
+    box = nsbox.Sandbox(["sh", "-c", "sleep 0.5; kill -USR2 $$"])
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0 if box.poll() is None and box.wait() is None else 1
+        del box
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert box.wait() == -signal.SIGUSR2 and box.reason == "signaled"
+    box.close()
+

@@ -295,6 +295,52 @@ def test_websocket_echo_through_the_router(router):
     assert r.wait_for(r"ws1 GET /env/ws1/ws 101 ")
 
 
+def test_a_websocket_ends_with_its_environment(router):
+    # Deleted while the client reads nothing (the echo still queued): the
+    # client's connection closes all the same.
+    r = router()
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", r.port), timeout=30) as s:
+        s.sendall((f"GET /env/wsd/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        for _ in range(40):  # echoes pile up: we read none
+            s.sendall(_ws_frame(b"x" * 60000, opcode=2))
+        assert r.api("DELETE", "envs/wsd").status_code == 200
+        while True:  # drained to the end: EOF, not a guard's timeout
+            try:
+                if not s.recv(1 << 20):
+                    break
+            except ConnectionResetError:
+                break
+    r.wait_for(r"wsd GET /env/wsd/ws 101 ")
+
+
+def test_stray_bytes_after_a_response_do_not_reach_the_next_request(router):
+    # A broken server's bytes past a response's end: that connection is not
+    # kept for another request (another client's, here).
+    r = router()
+    with r.client() as alice, r.client() as bob:
+        assert bob.get("/hello", headers={"X-Env-Id": "st"}).status_code == 200
+        assert alice.get("/stray", headers={"X-Env-Id": "st"}).status_code == 204
+        for _ in range(3):
+            assert bob.get("/hello", headers={"X-Env-Id": "st"}).status_code == 200
+
+
+def test_head_on_the_control_api_has_get_s_length(router):
+    r = router()
+    for path in ("health", "envs"):
+        got = r.api("GET", path)
+        head = r.api("HEAD", path)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"] != "0"
+
+
 def test_idle_environments_are_stopped(router):
     r = router(serve={"idle_timeout": 0.5})
     with r.client() as c:

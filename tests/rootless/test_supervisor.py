@@ -13,6 +13,7 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 import nsbox
 
@@ -270,6 +271,50 @@ def test_a_warm_pool_yields_its_room_to_a_start_it_does_not_match():
                 await box.kill()
 
     arun(main)
+
+
+def test_a_start_waiting_for_room_gets_the_refill_made_meanwhile():
+    async def main():
+        async with nsbox.open_supervisor(grace=0.2, max_live=1) as sup:
+            sup.pool(["true"], size=1, hostname="nsbx-warm")
+            await trio.testing.wait_all_tasks_blocked()  # the refill holds the only room
+            with trio.fail_after(60):  # a guard: it must not wait for ever
+                r = await sup.run(["echo", "cold"], capture_output=True)
+            assert r.stdout == b"cold\n"
+
+    arun(main)
+
+
+KI_IN_GRACE = textwrap.dedent("""
+    import sys, trio, nsbox
+    async def main():
+        async with nsbox.open_supervisor(grace=30) as sup:
+            for _ in range(3):
+                await sup.start(["sh", "-c", "trap '' TERM; exec sleep " + sys.argv[1]])
+            print("leaving", flush=True)
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        print("plain KeyboardInterrupt", flush=True)
+""")
+
+
+def test_ctrl_c_in_the_grace_hurries_the_end_and_is_raised_plain(procs, sleep_marker):
+    # A ^C while the block's end waits out the grace: SIGKILL at once, then the
+    # KeyboardInterrupt, not a hang until the commands end on their own.
+    proc = subprocess.Popen([sys.executable, "-c", KI_IN_GRACE, sleep_marker],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "leaving\n"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)  # a guard: the grace is 30 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert out == "plain KeyboardInterrupt\n"
+    assert procs.wait_gone(sleep_marker, timeout=5) == []
 
 
 def test_bad_input_raises_before_waiting_for_room():
