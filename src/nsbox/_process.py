@@ -16,6 +16,7 @@ import select
 import signal
 import time
 import warnings
+import weakref
 
 from . import _errors, _native, _plan, _protocol, _spec
 from ._spec import Network, Spec, make_spec
@@ -33,13 +34,7 @@ DEVNULL = -3
 _MAX_WAIT = 86400.0  # s: the longest single poll (longer timeouts wait in pieces)
 
 
-def _make_started():
-    import weakref
-
-    return weakref.WeakSet()
-
-
-_started = _make_started()  # every Sandbox this process started (see _disown_after_fork)
+_started: weakref.WeakSet = weakref.WeakSet()  # this process's Sandboxes (_disown_after_fork)
 
 
 def _disown_after_fork() -> None:

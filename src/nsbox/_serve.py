@@ -1009,15 +1009,19 @@ class _Exchange:
                 pass
             scope.cancel()
 
-        async with trio.open_nursery() as n:
-            self.env.splices.add(n.cancel_scope)
-            if self.env.state not in ("starting", "ready"):  # stopped meanwhile
-                n.cancel_scope.cancel()
-            n.start_soon(one_way, c.stream, self.up, c.conn.trailing_data[0], n.cancel_scope,
-                         False)
-            n.start_soon(one_way, self.up, c.stream, self.uconn.trailing_data[0],
-                         n.cancel_scope, True)
-        self.env.splices.discard(n.cancel_scope)
+        scope = trio.CancelScope()
+        self.env.splices.add(scope)
+        if self.env.state not in ("starting", "ready"):  # stopped meanwhile
+            scope.cancel()
+        try:
+            with scope:
+                async with trio.open_nursery() as n:
+                    n.start_soon(one_way, c.stream, self.up, c.conn.trailing_data[0],
+                                 n.cancel_scope, False)
+                    n.start_soon(one_way, self.up, c.stream, self.uconn.trailing_data[0],
+                                 n.cancel_scope, True)
+        finally:
+            self.env.splices.discard(scope)
 
 
 class _UpstreamError(Exception):
