@@ -275,17 +275,24 @@ def _ws_read(sock: socket.socket) -> tuple[int, bytes]:
     return head[0] & 0x0F, exact(n)
 
 
+def _ws_open(port: int, env_id: str, timeout: float) -> tuple[socket.socket, bytes]:
+    """A websocket to /ws of environment `env_id` through the router: (socket, 101 head)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall((f"GET /env/{env_id}/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return s, head
+
+
 def test_websocket_echo_through_the_router(router):
     r = router()
-    key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
-        s.sendall((f"GET /env/ws1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(1)
-        assert head.startswith(b"HTTP/1.1 101 "), head
+    s, head = _ws_open(r.port, "ws1", timeout=10)
+    with s:
         assert b"sec-websocket-accept" in head.lower()
         for text in (b"hello", b"x" * 1000, "nsbox \u2713".encode()):
             s.sendall(_ws_frame(text))
@@ -299,15 +306,8 @@ def test_a_websocket_ends_with_its_environment(router):
     # Deleted while the client reads nothing (the echo still queued): the
     # client's connection closes all the same.
     r = router()
-    key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection(("127.0.0.1", r.port), timeout=30) as s:
-        s.sendall((f"GET /env/wsd/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(1)
-        assert head.startswith(b"HTTP/1.1 101 "), head
+    s, _ = _ws_open(r.port, "wsd", timeout=30)
+    with s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         for _ in range(40):  # echoes pile up: we read none
             s.sendall(_ws_frame(b"x" * 60000, opcode=2))
