@@ -74,11 +74,6 @@ REFILL_DELAY = 0.02
 FD_RESERVE = 64
 
 
-def _network_of(args: object, options: dict) -> object:
-    """The network a start's spec names (validated already: see start)."""
-    return make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS}).network
-
-
 def _addresses_full(exc: BaseException) -> bool:
     """A network's address pool was full (admission waits for one, see start)."""
     return isinstance(exc, _errors.NetworkSetupError) and exc.errno == errno.ENOSPC
@@ -568,7 +563,7 @@ class Supervisor:
             if handle is not None:
                 return handle
         # Bad input raises now, not after a wait for room (make_spec remembers it).
-        make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
+        spec = make_spec(args, **{k: v for k, v in options.items() if k in SPEC_OPTIONS})
         evicted = False
         while True:
             try:
@@ -581,7 +576,7 @@ class Supervisor:
                 # go: a few ms); else queued like any other limit, until an
                 # address is given back (ours, or another process's: looked at
                 # again now and then).
-                if not evicted and self._evict_parked(_network_of(args, options)):
+                if not evicted and self._evict_parked(spec.network):
                     evicted = True
                 elif not wait:
                     raise _errors.CapacityError(str(exc), "addresses", 0) from None
@@ -836,16 +831,14 @@ class Supervisor:
         self._closed = True
         interrupted: KeyboardInterrupt | None = None
 
-        async def until(event_of, deadline: float = math.inf) -> None:
+        async def wait(event: trio.Event, deadline: float = math.inf) -> None:
+            """Until `event` or `deadline`; a ^C ends it early (and is kept)."""
             nonlocal interrupted
-            while True:
-                try:
-                    with trio.move_on_at(deadline):
-                        await event_of().wait()
-                    return
-                except KeyboardInterrupt as exc:
-                    interrupted = interrupted or exc
-                    deadline = trio.current_time()  # the grace is over: hurry
+            try:
+                with trio.move_on_at(deadline):
+                    await event.wait()
+            except KeyboardInterrupt as exc:
+                interrupted = interrupted or exc
 
         for pool in list(self._pools.values()):
             pool.close()
@@ -853,18 +846,18 @@ class Supervisor:
         # they are ended with the rest; later ones see _closed and raise.
         while self._starting:
             self._landed = trio.Event()
-            await until(lambda: self._landed)
+            await wait(self._landed)
         if not self._live:
             return interrupted
         self._none_live = trio.Event()
         if self.grace > 0 and interrupted is None:
             for handle in list(self._live):
                 handle.send_signal(signal.SIGTERM)
-            await until(lambda: self._none_live, trio.current_time() + self.grace)
+            await wait(self._none_live, trio.current_time() + self.grace)
         for handle in list(self._live):
             handle.send_signal(signal.SIGKILL)
         while self._live:
-            await until(lambda: self._none_live)
+            await wait(self._none_live)
         return interrupted
 
 
